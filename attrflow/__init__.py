@@ -1,0 +1,1 @@
+"""attrflow's command line; the library lives in `components`, the Prefect flows in `flows`."""

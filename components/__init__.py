@@ -1,0 +1,1 @@
+"""attrflow's library: plain Python, no orchestration, importable from a notebook."""

@@ -1,0 +1,313 @@
+"""Ingestion: catalog file + spec -> a versioned dataset, every row accepted or quarantined.
+
+Output, under `ATTRFLOW_HOME/datasets/<name>/<version>/`:
+
+- `items.parquet`      accepted products: id, title, description, image_path,
+                       image_sha256, one column per attribute (str, list[str] or null)
+- `splits.parquet`     id -> train | validation | test
+- `vocab.json`         per attribute: kind and the ordered list of values
+- `quarantine.csv`     row, id, reason, detail for every rejected row
+- `manifest.json`      source, content hash, counts, reasons, the spec
+
+The version is a hash of the content (source bytes, image bytes, spec), so
+ingesting the same catalog twice lands in the same folder and writes nothing new.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import json
+import os
+import shutil
+import tempfile
+import time
+from collections import Counter
+from concurrent.futures import ThreadPoolExecutor
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+from PIL import Image, UnidentifiedImageError
+from pydantic import BaseModel
+
+from components.catalog.readers import cell_text, read_records
+from components.catalog.spec import AttributeSpec, CatalogSpec
+from components.catalog.splits import SPLITS, assign_splits
+from components.settings import get_settings
+
+# Reasons a row is quarantined. Keys are stable (tests, dashboards); values explain.
+REASONS = {
+    "malformed_row": "the reader could not parse the row",
+    "missing_id": "the id is missing or empty",
+    "duplicate_id": "an earlier row has the same id (the first is kept)",
+    "label_not_allowed": "a label is not among the attribute's allowed values",
+    "image_outside_catalog": "the image path resolves outside the catalog's folder",
+    "no_text_or_image": "the product has neither a title/description nor an image",
+    "image_missing": "the image file does not exist",
+    "image_unreadable": "the image file cannot be decoded as an image",
+}
+
+RESERVED_COLUMNS = {"id", "title", "description", "image_path", "image_sha256", "split"}
+
+
+class IngestResult(BaseModel):
+    name: str
+    version: str
+    dataset_dir: Path
+    rows: int
+    accepted: int
+    quarantined: int
+    reasons: dict[str, int]
+    splits: dict[str, int]
+    reused: bool  # True when this exact content had been ingested before
+    seconds: float
+
+
+class _Quarantine:
+    def __init__(self) -> None:
+        self.rows: list[dict[str, Any]] = []
+
+    def add(self, row: int, id_: str, reason: str, detail: str) -> None:
+        assert reason in REASONS, reason
+        self.rows.append({"row": row, "id": id_, "reason": reason, "detail": detail})
+
+
+def ingest(
+    spec: CatalogSpec, source: Path | None = None, home: Path | None = None, workers: int | None = None
+) -> IngestResult:
+    """Validate every row of the catalog and write (or reuse) the dataset version."""
+    start = time.perf_counter()
+    if source is not None:
+        spec = spec.with_source(source)
+    clash = RESERVED_COLUMNS & {a.name for a in spec.attributes}
+    if clash:
+        raise ValueError(f"attribute names {sorted(clash)} clash with dataset columns; rename them")
+    catalog_root = spec.source.parent.resolve()
+    quarantine = _Quarantine()
+    candidates: list[dict[str, Any]] = []
+    seen_ids: dict[str, int] = {}
+    n_rows = 0
+
+    for rec in read_records(spec.source, spec.source_format):
+        n_rows += 1
+        if rec.values is None:
+            quarantine.add(rec.row, "", "malformed_row", rec.error or "")
+            continue
+        item, reason, detail = _parse_row(rec.values, spec, catalog_root)
+        id_ = item.get("id", "")
+        if reason is None and id_ in seen_ids:
+            reason, detail = "duplicate_id", f"id {id_!r} first seen in row {seen_ids[id_]}"
+        if reason is not None:
+            quarantine.add(rec.row, id_, reason, detail)
+            continue
+        seen_ids[id_] = rec.row
+        item["row"] = rec.row
+        candidates.append(item)
+
+    # Images are the slow part: read each once, hash it and decode it, in threads
+    # (Pillow releases the GIL while decoding).
+    paths = [c["image_path"] for c in candidates]
+    with ThreadPoolExecutor(max_workers=workers or min(8, (os.cpu_count() or 1) * 2)) as pool:
+        checks = list(pool.map(_check_image, paths, chunksize=64))
+    accepted = []
+    for item, (sha, reason, detail) in zip(candidates, checks):
+        if reason is not None:
+            quarantine.add(item["row"], item["id"], reason, detail)
+        else:
+            item["image_sha256"] = sha
+            accepted.append(item)
+
+    items = _items_frame(accepted, spec.attributes)
+    vocab = _vocabularies(items, spec.attributes)
+    split = assign_splits(items[[a.name for a in spec.attributes]], spec.attributes, spec.split)
+    version = _content_version(spec, items)
+    reasons = dict(sorted(Counter(q["reason"] for q in quarantine.rows).items()))
+    splits = {s: int((split == s).sum()) for s in SPLITS}
+    assert n_rows == len(items) + len(quarantine.rows), "every row is accepted or quarantined"
+
+    home = home or get_settings().home
+    dataset_dir = (home / "datasets" / spec.name / version).resolve()
+    reused = (dataset_dir / "manifest.json").is_file()
+    if not reused:
+        manifest = {
+            "name": spec.name,
+            "version": version,
+            "created_at": datetime.now(UTC).isoformat(timespec="seconds"),
+            "source": str(spec.source),
+            "source_sha256": _file_sha256(spec.source),
+            "catalog_root": str(catalog_root),
+            "counts": {
+                "rows": n_rows,
+                "accepted": len(items),
+                "quarantined": len(quarantine.rows),
+                "with_image": int(items["image_path"].notna().sum()),
+                "with_text": int(((items["title"] != "") | (items["description"] != "")).sum()),
+                "splits": splits,
+            },
+            "reasons": reasons,
+            "attributes": {
+                a.name: {
+                    "kind": a.kind,
+                    "values": len(vocab[a.name]["values"]),
+                    "labelled": int(items[a.name].notna().sum()),
+                }
+                for a in spec.attributes
+            },
+            "spec": spec.model_dump(mode="json"),
+        }
+        _write_dataset(dataset_dir, items, split, vocab, quarantine, manifest)
+    return IngestResult(
+        name=spec.name,
+        version=version,
+        dataset_dir=dataset_dir,
+        rows=n_rows,
+        accepted=len(items),
+        quarantined=len(quarantine.rows),
+        reasons=reasons,
+        splits=splits,
+        reused=reused,
+        seconds=round(time.perf_counter() - start, 2),
+    )
+
+
+def _parse_row(
+    values: dict[str, Any], spec: CatalogSpec, catalog_root: Path
+) -> tuple[dict[str, Any], str | None, str]:
+    """One row -> (item, reason, detail); reason is None when the row passes the cheap checks."""
+    missing = set(spec.missing_values)
+    values = {k: (None if isinstance(v, str) and v.strip() in missing else v) for k, v in values.items()}
+    id_ = cell_text(values.get(spec.id_column))
+    item: dict[str, Any] = {"id": id_}
+    if not id_:
+        return item, "missing_id", f"column {spec.id_column!r} is empty"
+    for attr in spec.attributes:
+        label, bad = _parse_label(values.get(attr.column), attr)
+        if bad:
+            return item, "label_not_allowed", f"{attr.name}: {bad!r} is not an allowed value"
+        item[attr.name] = label
+    item["title"] = cell_text(values.get(spec.title_column))
+    item["description"] = cell_text(values.get(spec.description_column)) if spec.description_column else ""
+    image_ref = ""
+    if spec.image_column:
+        image_ref = cell_text(values.get(spec.image_column))
+    elif spec.image_template:
+        try:
+            image_ref = spec.image_template.format_map({k: cell_text(v) for k, v in values.items()})
+        except KeyError as e:
+            return item, "malformed_row", f"image_template needs column {e.args[0]!r}"
+    item["image_path"] = None
+    if image_ref:
+        path = (catalog_root / image_ref).resolve()
+        if not path.is_relative_to(catalog_root):
+            return item, "image_outside_catalog", f"{image_ref!r} resolves to {path}"
+        item["image_path"] = str(path)
+    if not (item["title"] or item["description"] or item["image_path"]):
+        return item, "no_text_or_image", "title, description and image are all empty"
+    return item, None, ""
+
+
+def _parse_label(value: Any, attr: AttributeSpec) -> tuple[str | list[str] | None, str | None]:
+    """Cell -> (label, first disallowed value). Multiclass: str; multilabel: list[str]; None if empty."""
+    if attr.kind == "multilabel":
+        if isinstance(value, (list, tuple)):
+            parts = [cell_text(v) for v in value]
+        else:
+            text = cell_text(value)
+            parts = text.split(attr.separator) if attr.separator else [text]
+        label: list[str] = list(dict.fromkeys(p.strip() for p in parts if p and p.strip()))
+        if not label:
+            return None, None
+        bad = next((v for v in label if attr.values and v not in attr.values), None)
+        return label, bad
+    text = cell_text(value)
+    if not text:
+        return None, None
+    return text, (text if attr.values and text not in attr.values else None)
+
+
+def _check_image(path: str | None) -> tuple[str | None, str | None, str]:
+    """(sha256, reason, detail) for one image path; no path means no image, which is fine."""
+    if path is None:
+        return None, None, ""
+    try:
+        data = Path(path).read_bytes()
+    except FileNotFoundError:
+        return None, "image_missing", f"{path} does not exist"
+    except IsADirectoryError:
+        return None, "image_unreadable", f"{path} is a directory"
+    except OSError as e:
+        return None, "image_unreadable", f"{path}: {e.strerror}"
+    try:
+        with Image.open(io.BytesIO(data)) as im:
+            im.draft("RGB", (128, 128))  # decode big JPEGs at reduced scale: still a full read
+            im.load()
+    except (UnidentifiedImageError, OSError, SyntaxError, ValueError, Image.DecompressionBombError) as e:
+        return None, "image_unreadable", f"{path}: {e}"
+    return hashlib.sha256(data).hexdigest(), None, ""
+
+
+def _items_frame(accepted: list[dict[str, Any]], attributes: list[AttributeSpec]) -> pd.DataFrame:
+    columns = ["id", "title", "description", "image_path", "image_sha256"] + [a.name for a in attributes]
+    df = pd.DataFrame(accepted, columns=["row", *columns])
+    return df.drop(columns="row").reset_index(drop=True)
+
+
+def _vocabularies(items: pd.DataFrame, attributes: list[AttributeSpec]) -> dict[str, dict[str, Any]]:
+    vocab = {}
+    for attr in attributes:
+        if attr.values is not None:
+            values = list(attr.values)
+        else:
+            seen: set[str] = set()
+            for cell in items[attr.name].dropna():
+                seen.update(cell if isinstance(cell, list) else [cell])
+            values = sorted(seen)
+        vocab[attr.name] = {"kind": attr.kind, "values": values}
+    return vocab
+
+
+def _content_version(spec: CatalogSpec, items: pd.DataFrame) -> str:
+    h = hashlib.sha256()
+    h.update(_file_sha256(spec.source).encode())
+    h.update(json.dumps(spec.model_dump(mode="json", exclude={"source"}), sort_keys=True).encode())
+    for sha in items["image_sha256"].fillna(""):
+        h.update(sha.encode())
+    return h.hexdigest()[:12]
+
+
+def _file_sha256(path: Path) -> str:
+    h = hashlib.sha256()
+    with path.open("rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def _write_dataset(
+    dataset_dir: Path,
+    items: pd.DataFrame,
+    split: Any,
+    vocab: dict[str, Any],
+    quarantine: _Quarantine,
+    manifest: dict[str, Any],
+) -> None:
+    """Write into a temporary folder beside the target, then rename: readers never see half a dataset."""
+    dataset_dir.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=".tmp-", dir=dataset_dir.parent))
+    try:
+        items.to_parquet(tmp / "items.parquet", index=False)
+        pd.DataFrame({"id": items["id"], "split": split}).to_parquet(tmp / "splits.parquet", index=False)
+        pd.DataFrame(quarantine.rows, columns=["row", "id", "reason", "detail"]).to_csv(
+            tmp / "quarantine.csv", index=False
+        )
+        (tmp / "vocab.json").write_text(json.dumps(vocab, indent=1))
+        (tmp / "manifest.json").write_text(json.dumps(manifest, indent=1))
+        try:
+            tmp.rename(dataset_dir)
+        except OSError:
+            if not (dataset_dir / "manifest.json").is_file():  # not a concurrent twin: a real failure
+                raise
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
