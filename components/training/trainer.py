@@ -1,0 +1,295 @@
+"""Training: AdamW with per-part learning rates, warmup + cosine, clipping, early stopping,
+per-epoch checkpoints that resume exactly, and a frozen-encoder mode on cached embeddings.
+
+    result = train(load_train_config("configs/models/modality_attention.yaml"), load_dataset(path), out_dir)
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import random
+import time
+from collections.abc import Callable
+from contextlib import nullcontext
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Literal
+
+import numpy as np
+import torch
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from safetensors.torch import load_file, save_file
+from torch.utils.data import DataLoader
+from tqdm import tqdm
+
+from components.catalog.dataset import Dataset
+from components.evaluation.metrics import attribute_metrics, value_thresholds
+from components.features.cache import Encodings, cached_encodings
+from components.features.preprocess import collate_fn, encode_labels, records
+from components.models.model import AttributeModel, ModelConfig, Vocab, create_model, save_model
+from components.predict import predict_items
+from components.training.losses import supervised_loss
+
+
+class TrainingConfig(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    frozen: bool = True  # train fusion + heads on cached encoder outputs
+    epochs: int = Field(30, ge=1)
+    batch_size: int = Field(64, ge=1)
+    lr_head: float = Field(1e-3, gt=0)  # fusion and heads
+    lr_text: float = Field(2e-5, ge=0)  # text encoder (fine-tuning only)
+    lr_image: float = Field(1e-4, ge=0)  # image encoder (fine-tuning only)
+    weight_decay: float = Field(0.01, ge=0)
+    warmup_share: float = Field(0.1, ge=0, lt=1)
+    grad_clip: float = Field(1.0, gt=0)
+    patience: int = Field(5, ge=1)  # epochs without improvement before stopping
+    monitor: Literal["f1_macro", "r_at_p95"] = "f1_macro"  # mean over attributes, on validation
+    target_precision: float = Field(0.95, gt=0, le=1)  # for the per-value publishing thresholds
+    seed: int = 0
+    num_workers: int = Field(0, ge=0)  # DataLoader workers when fine-tuning
+
+
+class TrainConfig(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    model: ModelConfig = ModelConfig()
+    training: TrainingConfig = TrainingConfig()
+
+
+def load_train_config(path: str | Path, **overrides: Any) -> TrainConfig:
+    path = Path(path)
+    try:
+        raw = yaml.safe_load(path.read_text()) or {}
+        return TrainConfig.model_validate(_deep_update(raw, overrides))
+    except FileNotFoundError:
+        raise ValueError(f"{path}: config not found") from None
+    except (yaml.YAMLError, ValidationError) as e:
+        raise ValueError(f"{path}: invalid training config: {e}") from None
+
+
+def _deep_update(base: dict, update: dict) -> dict:
+    out = dict(base)
+    for k, v in update.items():
+        out[k] = _deep_update(out.get(k) or {}, v) if isinstance(v, dict) else v
+    return out
+
+
+@dataclass
+class TrainResult:
+    model_dir: Path
+    best_epoch: int
+    epochs_run: int
+    validation: dict[str, dict[str, Any]]  # attribute -> metrics at the best epoch
+    history: list[dict[str, Any]]
+    items_per_second: float
+
+
+EpochCallback = Callable[[int, dict[str, Any]], None]
+
+
+def train(
+    config: TrainConfig,
+    dataset: Dataset,
+    out_dir: str | Path,
+    resume: bool = False,
+    on_epoch_end: EpochCallback | None = None,
+    device: str | None = None,
+    progress: bool = True,
+) -> TrainResult:
+    """Train and save the best model (by the monitored validation metric) into `out_dir`."""
+    cfg = config.training
+    out_dir = Path(out_dir)
+    ckpt_dir = out_dir / "checkpoint"
+    device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    _seed_everything(cfg.seed)
+
+    vocab = {name: Vocab(kind=v.kind, values=v.values) for name, v in dataset.vocab.items()}
+    model = create_model(config.model, vocab).to(device)
+    labels = encode_labels(dataset.items, model.vocab)
+    train_idx = np.flatnonzero(dataset.items["split"].to_numpy() == "train")
+    val_idx = np.flatnonzero(dataset.items["split"].to_numpy() == "validation")
+    if len(train_idx) == 0 or len(val_idx) == 0:
+        raise ValueError(f"{dataset.path}: training needs rows in both the train and validation splits")
+
+    encodings: Encodings | None = None
+    if cfg.frozen:
+        for p in [*model.text_encoder.parameters(), *model.image_encoder.parameters()]:
+            p.requires_grad_(False)
+        encodings = cached_encodings(
+            dataset, model.text_encoder, model.image_encoder, model.needs_tokens, device=device, progress=progress
+        )
+    optimizer = _optimizer(model, cfg)
+    steps_per_epoch = math.ceil(len(train_idx) / cfg.batch_size)
+    scheduler = _warmup_cosine(optimizer, cfg.warmup_share, cfg.epochs * steps_per_epoch)
+    # Re-seed after setup: encoding the cache on a miss consumes random numbers (DataLoader
+    # seeds), and a run must not depend on whether the cache was warm.
+    torch.manual_seed(cfg.seed)
+    state = {"epoch": 0, "best": -math.inf, "best_epoch": -1, "bad_epochs": 0, "history": []}
+    if resume and (ckpt_dir / "state.json").is_file():
+        state = _load_checkpoint(ckpt_dir, model, optimizer, scheduler)
+    elif resume:
+        print(f"no checkpoint in {ckpt_dir}; starting from scratch")
+    amp = torch.autocast("cuda", dtype=torch.bfloat16) if device.type == "cuda" else nullcontext()
+
+    for epoch in range(state["epoch"], cfg.epochs):
+        if state["bad_epochs"] >= cfg.patience:
+            break
+        model.train()
+        if cfg.frozen:  # frozen encoders stay in eval mode (no dropout, fixed batch-norm statistics)
+            model.text_encoder.eval()
+            model.image_encoder.eval()
+        order = train_idx[torch.randperm(len(train_idx), generator=torch.Generator().manual_seed(cfg.seed * 1000 + epoch)).numpy()]
+        batches = _batches(model, dataset, encodings, order, cfg, device)
+        bar = tqdm(batches, total=steps_per_epoch, desc=f"epoch {epoch + 1}/{cfg.epochs}", disable=not progress, mininterval=1.0)
+        seen, loss_sum, start = 0, 0.0, time.perf_counter()
+        for batch_idx, forward in bar:
+            with amp:
+                out = forward()
+            y = {k: v[batch_idx].to(device) for k, v in labels.items()}
+            loss = supervised_loss(out, y, model.specs) + out.aux_loss
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            torch.nn.utils.clip_grad_norm_([p for p in model.parameters() if p.requires_grad], cfg.grad_clip)
+            optimizer.step()
+            scheduler.step()
+            seen += len(batch_idx)
+            loss_sum += loss.item() * len(batch_idx)
+            bar.set_postfix(loss=f"{loss_sum / seen:.4f}", items_s=f"{seen / (time.perf_counter() - start):.0f}")
+        elapsed = time.perf_counter() - start
+        val = evaluate_arrays(model, dataset, encodings, val_idx, labels, cfg.target_precision)
+        record = {
+            "epoch": epoch + 1,
+            "train_loss": loss_sum / seen,
+            "items_per_second": seen / elapsed,
+            "validation": {k: float(np.mean([m[k] for m in val.values()])) for k in ("f1_macro", "r_at_p95")},
+        }
+        score = record["validation"][cfg.monitor]
+        state["history"].append(record)
+        if score > state["best"]:
+            state.update(best=score, best_epoch=epoch + 1, bad_epochs=0)
+            ckpt_dir.mkdir(parents=True, exist_ok=True)
+            save_file(_trainable_state(model, cfg.frozen), str(ckpt_dir / "best.safetensors"))
+        else:
+            state["bad_epochs"] += 1
+        state["epoch"] = epoch + 1
+        _save_checkpoint(ckpt_dir, model, optimizer, scheduler, state, cfg.frozen)
+        if progress:
+            print(f"epoch {epoch + 1}: loss {record['train_loss']:.4f}  val {cfg.monitor} {record['validation'][cfg.monitor]:.4f}  "
+                  f"{record['items_per_second']:.0f} items/s")
+        if on_epoch_end is not None:
+            on_epoch_end(epoch + 1, record)
+
+    # The best epoch's weights, its validation metrics and the publishing thresholds.
+    model.load_state_dict(load_file(str(ckpt_dir / "best.safetensors")), strict=False)
+    pred = predict_items(model, dataset.items.iloc[val_idx] if encodings is None else None, encodings, val_idx)
+    thresholds, validation = {}, {}
+    for spec in model.specs:
+        y = labels[spec.name][val_idx].numpy()
+        thresholds[spec.name] = value_thresholds(pred.probs[spec.name], y, spec.kind, cfg.target_precision)
+        validation[spec.name] = attribute_metrics(pred.probs[spec.name], y, spec.kind, cfg.target_precision)
+    speed = float(np.mean([h["items_per_second"] for h in state["history"]])) if state["history"] else 0.0
+    save_model(
+        model,
+        out_dir,
+        thresholds,
+        include_encoders=not cfg.frozen,
+        extra={
+            "training": config.training.model_dump(mode="json"),
+            "dataset": {"name": dataset.name, "version": dataset.version, "path": str(dataset.path)},
+            "best_epoch": state["best_epoch"],
+            "target_precision": cfg.target_precision,
+        },
+    )
+    (out_dir / "history.json").write_text(json.dumps(state["history"], indent=1))
+    (out_dir / "validation_metrics.json").write_text(json.dumps(validation, indent=1))
+    return TrainResult(out_dir, state["best_epoch"], state["epoch"], validation, state["history"], speed)
+
+
+def evaluate_arrays(
+    model: AttributeModel, dataset: Dataset, encodings: Encodings | None, idx: np.ndarray, labels: dict, target: float
+) -> dict[str, dict[str, Any]]:
+    pred = predict_items(model, dataset.items.iloc[idx] if encodings is None else None, encodings, idx)
+    return {
+        s.name: attribute_metrics(pred.probs[s.name], labels[s.name][idx].numpy(), s.kind, target) for s in model.specs
+    }
+
+
+def _batches(model, dataset, encodings, order, cfg: TrainingConfig, device):
+    """Yield (row indices, a thunk running the forward pass) for each batch of `order`."""
+    if encodings is not None:
+        for i in range(0, len(order), cfg.batch_size):
+            idx = torch.as_tensor(order[i : i + cfg.batch_size])
+            yield idx, (lambda idx=idx: model.forward_head(encodings.features(idx, device)))
+        return
+    rows = records(dataset.items)
+    loader = DataLoader(
+        [rows[i] for i in order],
+        batch_size=cfg.batch_size,
+        collate_fn=collate_fn(model.text_encoder, model.image_encoder),
+        num_workers=cfg.num_workers,
+    )
+    for batch in loader:
+        idx = batch.pop("index")
+        batch = {k: v.to(device) for k, v in batch.items()}
+        yield idx, (lambda batch=batch: model(batch))
+
+
+def _optimizer(model: AttributeModel, cfg: TrainingConfig) -> torch.optim.Optimizer:
+    text, image, rest = model.encoder_parameters()
+    groups = [{"params": rest, "lr": cfg.lr_head}]
+    if not cfg.frozen:
+        groups += [{"params": text, "lr": cfg.lr_text}, {"params": image, "lr": cfg.lr_image}]
+    return torch.optim.AdamW(groups, weight_decay=cfg.weight_decay)
+
+
+def _warmup_cosine(optimizer, warmup_share: float, total_steps: int):
+    warmup = max(1, int(warmup_share * total_steps))
+
+    def factor(step: int) -> float:
+        if step < warmup:
+            return (step + 1) / warmup
+        progress = (step - warmup) / max(1, total_steps - warmup)
+        return 0.5 * (1.0 + math.cos(math.pi * min(1.0, progress)))
+
+    return torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
+
+
+def _seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+
+
+def _trainable_state(model: AttributeModel, frozen: bool) -> dict[str, torch.Tensor]:
+    state = model.state_dict()
+    if frozen:
+        state = {k: v for k, v in state.items() if not k.startswith(("text_encoder.", "image_encoder."))}
+    return {k: v.detach().contiguous().cpu() for k, v in state.items()}
+
+
+def _save_checkpoint(ckpt_dir: Path, model, optimizer, scheduler, state: dict, frozen: bool) -> None:
+    """Weights (safetensors), optimizer + scheduler + RNG state, then state.json last: a
+    checkpoint counts only once state.json names its epoch."""
+    ckpt_dir.mkdir(parents=True, exist_ok=True)
+    save_file(_trainable_state(model, frozen), str(ckpt_dir / "last.safetensors"))
+    torch.save(
+        {"optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(), "torch_rng": torch.get_rng_state()},
+        ckpt_dir / "optimizer.pt",
+    )
+    tmp = ckpt_dir / "state.json.tmp"
+    tmp.write_text(json.dumps(state, indent=1))
+    tmp.replace(ckpt_dir / "state.json")
+
+
+def _load_checkpoint(ckpt_dir: Path, model, optimizer, scheduler) -> dict:
+    model.load_state_dict(load_file(str(ckpt_dir / "last.safetensors")), strict=False)
+    extra = torch.load(ckpt_dir / "optimizer.pt", weights_only=True)
+    optimizer.load_state_dict(extra["optimizer"])
+    scheduler.load_state_dict(extra["scheduler"])
+    torch.set_rng_state(extra["torch_rng"])
+    state = json.loads((ckpt_dir / "state.json").read_text())
+    print(f"resuming from {ckpt_dir} after epoch {state['epoch']}")
+    return state

@@ -1,0 +1,169 @@
+"""Training, resume, evaluation and prediction on a small demo catalog."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+from conftest import REPO
+from safetensors.torch import load_file
+from typer.testing import CliRunner
+
+from attrflow.cli import app
+from components.catalog import ingest, load_dataset, load_spec
+from components.catalog.demo import write_demo_catalog
+from components.evaluation.evaluate import evaluate
+from components.features.cache import cache_path
+from components.models.encoders import TextEncoder
+from components.models.model import load_model, load_thresholds
+from components.predict import predict_product
+from components.training.trainer import TrainConfig, load_train_config, train
+
+TINY = {"text": {"name": "tiny-random", "max_length": 24}, "image": {"name": "tiny-random", "image_size": [32, 32]}}
+
+
+@pytest.fixture(scope="module")
+def demo_dataset(tmp_path_factory):
+    root = tmp_path_factory.mktemp("demo")
+    spec = write_demo_catalog(root / "catalog", n=160, seed=1)
+    result = ingest(load_spec(spec), home=root / "home")
+    return load_dataset(result.dataset_dir)
+
+
+def _config(fusion="modality_attention", frozen=True, epochs=3, **training) -> TrainConfig:
+    return TrainConfig.model_validate(
+        {
+            "model": {**TINY, "fusion": {"name": fusion}, "head": {"hidden": 16, "dropout": 0.2}},
+            "training": {"frozen": frozen, "epochs": epochs, "batch_size": 16, "patience": 10, **training},
+        }
+    )
+
+
+class _Interrupt(Exception):
+    pass
+
+
+@pytest.mark.parametrize("frozen", [True, False])
+def test_resume_after_interruption_matches_an_uninterrupted_run(tmp_path, demo_dataset, frozen):
+    config = _config(frozen=frozen, epochs=3)
+    full = train(config, demo_dataset, tmp_path / "full", progress=False)
+
+    def stop_after_two(epoch, record):
+        if epoch == 2:
+            raise _Interrupt
+
+    with pytest.raises(_Interrupt):
+        train(config, demo_dataset, tmp_path / "resumed", on_epoch_end=stop_after_two, progress=False)
+    state = json.loads((tmp_path / "resumed" / "checkpoint" / "state.json").read_text())
+    assert state["epoch"] == 2
+    torch.manual_seed(12345)  # a different global RNG state must not matter: it is restored
+    resumed = train(config, demo_dataset, tmp_path / "resumed", resume=True, progress=False)
+
+    assert resumed.epochs_run == full.epochs_run == 3
+    assert [h["train_loss"] for h in resumed.history] == pytest.approx([h["train_loss"] for h in full.history], abs=1e-6)
+    a = load_file(str(tmp_path / "full" / "model.safetensors"))
+    b = load_file(str(tmp_path / "resumed" / "model.safetensors"))
+    assert a.keys() == b.keys()
+    for k in a:
+        assert torch.allclose(a[k], b[k], atol=1e-6), k
+
+
+def test_frozen_training_reuses_the_embedding_cache(tmp_path, demo_dataset, monkeypatch):
+    train(_config(epochs=1), demo_dataset, tmp_path / "a", progress=False)
+    model = load_model(tmp_path / "a")
+    path = cache_path(demo_dataset, model.text_encoder, model.image_encoder, with_tokens=False)
+    assert path.is_file()
+    # A second run with another fusion must not encode again.
+    import components.features.cache as cache
+
+    def boom(*a, **k):
+        raise AssertionError("encoded again")
+
+    monkeypatch.setattr(cache, "encode_items", boom)
+    train(_config("concat", epochs=1), demo_dataset, tmp_path / "b", progress=False)
+
+
+def test_early_stopping_stops_when_validation_stops_improving(tmp_path, demo_dataset):
+    result = train(_config("text", epochs=40, patience=2, lr_head=1e-6), demo_dataset, tmp_path / "m", progress=False)
+    assert result.epochs_run < 40
+    assert result.epochs_run - result.best_epoch == 2
+
+
+def test_saved_model_has_thresholds_and_evaluates(tmp_path, demo_dataset):
+    result = train(_config("late", epochs=2), demo_dataset, tmp_path / "m", progress=False)
+    thresholds = load_thresholds(result.model_dir)
+    assert set(thresholds) == {"category", "colour", "material", "pattern"}
+    assert len(thresholds["colour"]) == len(demo_dataset.vocab["colour"].values)
+    report, paths = evaluate(result.model_dir, demo_dataset, "test")
+    assert set(report.attributes) == set(thresholds)
+    assert report.attributes["colour"].accuracy is None
+    assert report.attributes["category"].accuracy is not None
+    assert report.attributes["category"].n == int((demo_dataset.items["split"] == "test").sum())
+    assert paths["pr_plot"].stat().st_size > 0 and paths["weights_plot"].stat().st_size > 0
+    assert json.loads(paths["json"].read_text())["split"] == "test"
+
+
+def test_bad_training_config_gives_a_clear_error(tmp_path):
+    path = tmp_path / "bad.yaml"
+    path.write_text("model:\n  fusion: {name: attention_please}\n")
+    with pytest.raises(ValueError, match="bad.yaml"):
+        load_train_config(path)
+
+
+def test_shipped_model_configs_are_valid():
+    names = {p.stem for p in (REPO / "configs" / "models").glob("*.yaml")}
+    assert {"text", "image", "concat", "modality_attention", "late", "cross_attention"} <= names
+    for name in names:
+        load_train_config(REPO / "configs" / "models" / f"{name}.yaml")
+
+
+@pytest.mark.slow
+def test_real_default_encoders_train_fine_tune_and_predict(tmp_path, demo_dataset):
+    """The offline default encoders (MiniLM + EfficientNet-Lite0), fine-tuned a few steps end to end."""
+    config = TrainConfig.model_validate(
+        {
+            "model": {"image": {"image_size": [64, 64]}, "fusion": {"name": "modality_attention"}},
+            "training": {"frozen": False, "epochs": 1, "batch_size": 32},
+        }
+    )
+    before = TextEncoder(config.model.text).state_dict()
+    result = train(config, demo_dataset, tmp_path / "m", progress=False)
+    model = load_model(result.model_dir)
+    after = model.text_encoder.state_dict()
+    assert any(not torch.equal(before[k], after[k]) for k in before)  # the encoder was trained
+    image = demo_dataset.items.dropna(subset=["image_path"]).iloc[0]
+    out = predict_product(result.model_dir, title=image["title"], image=image["image_path"])
+    assert set(out["attributes"]) == {"category", "colour", "material", "pattern"}
+    w = out["attributes"]["colour"]["modality_weights"]
+    assert w["text"] + w["image"] == pytest.approx(1.0, abs=1e-3)
+    text_only = predict_product(result.model_dir, title="red cotton t-shirt")
+    assert text_only["has_image"] is False
+    assert text_only["attributes"]["colour"]["modality_weights"]["text"] == 1.0
+
+
+def test_cli_train_evaluate_predict(tmp_path, demo_dataset):
+    config = tmp_path / "tiny.yaml"
+    config.write_text(json.dumps(_config("concat", epochs=2).model_dump(mode="json")))  # JSON is YAML
+    runner = CliRunner()
+    out = runner.invoke(app, ["train", str(config), "--dataset", str(demo_dataset.path), "--out", str(tmp_path / "m"), "--json"])
+    assert out.exit_code == 0, out.output
+    assert json.loads(out.output.strip().splitlines()[-1])["model_dir"] == str(tmp_path / "m")
+
+    out = runner.invoke(app, ["evaluate", str(tmp_path / "m"), "--dataset", str(demo_dataset.path), "--split", "validation", "--json"])
+    assert out.exit_code == 0, out.output
+    metrics = json.loads(out.output.strip().splitlines()[-1])
+    assert set(metrics["attributes"]["category"]) >= {"accuracy", "f1_micro", "f1_macro", "f1_weighted", "r_at_p95"}
+    assert metrics["attributes"]["colour"]["accuracy"] is None
+
+    image = demo_dataset.items.dropna(subset=["image_path"]).iloc[0]["image_path"]
+    out = runner.invoke(app, ["predict", str(tmp_path / "m"), "--title", "red dress", "--image", image, "--json"])
+    assert out.exit_code == 0, out.output
+    pred = json.loads(out.output)
+    top = pred["attributes"]["category"]["values"][0]
+    assert {"value", "score", "threshold", "published"} <= set(top)
+
+    out = runner.invoke(app, ["predict", str(tmp_path / "m"), "--title", "x", "--image", str(tmp_path / "nope.png")])
+    assert out.exit_code == 2 and "does not exist" in out.output
+    out = runner.invoke(app, ["evaluate", str(tmp_path / "nope"), "--dataset", str(demo_dataset.path)])
+    assert out.exit_code == 2
