@@ -9,7 +9,13 @@ STAMP  := $(VENV)/.installed-stamp
 export HF_HUB_OFFLINE := 1
 export TRANSFORMERS_OFFLINE := 1
 
-.PHONY: setup demo test clean
+ATTRFLOW_HOME ?= .attrflow
+UI_PORT       ?= 4200
+# Prefect keeps its database under attrflow's data directory, so `make ui` shows the demo's runs.
+export PREFECT_HOME ?= $(abspath $(ATTRFLOW_HOME))/prefect
+export PREFECT_SERVER_ANALYTICS_ENABLED := false
+
+.PHONY: setup demo test ui clean
 
 setup: $(STAMP)
 
@@ -20,10 +26,22 @@ $(STAMP): pyproject.toml
 	touch $(STAMP)
 
 demo: setup  ## generate the demo catalog and run the main job on it
+	mkdir -p $(PREFECT_HOME)
 	$(BIN)/attrflow demo
 
 test: setup  ## the test suite
 	$(BIN)/python -m pytest -q $(PYTEST_ARGS)
 
+ui: setup  ## a local Prefect server + UI (http://127.0.0.1:$(UI_PORT)) serving attrflow's deployments
+	mkdir -p $(PREFECT_HOME)
+	$(BIN)/prefect server start --host 127.0.0.1 --port $(UI_PORT) & server=$$!; \
+	trap 'kill $$server 2>/dev/null' EXIT INT TERM; \
+	until curl -sf http://127.0.0.1:$(UI_PORT)/api/health >/dev/null; do sleep 1; done; \
+	echo "Prefect UI: http://127.0.0.1:$(UI_PORT)"; \
+	PREFECT_API_URL=http://127.0.0.1:$(UI_PORT)/api $(BIN)/python -m flows.deployments
+
 clean:
 	rm -rf $(VENV) .attrflow .pytest_cache
+
+bench-quality: setup  ## the quality benchmark on the real fashion catalog (bench/quality.py; ~45 min on 2 cores)
+	$(BIN)/python bench/quality.py

@@ -8,6 +8,7 @@ from typing import Annotated
 
 import typer
 
+from attrflow.registry_cli import models_app, runs_app
 from components.catalog import SpecError, ingest, load_spec
 from components.catalog.demo import write_demo_catalog
 from components.catalog.readers import SourceError
@@ -16,6 +17,8 @@ from components.settings import get_settings
 CONFIGS = Path(__file__).resolve().parent.parent / "configs"
 
 app = typer.Typer(no_args_is_help=True, add_completion=False, help="Multimodal product attribute extraction.")
+app.add_typer(models_app, name="models")
+app.add_typer(runs_app, name="runs")
 
 
 @app.callback()
@@ -143,33 +146,49 @@ def predict_cmd(
     typer.echo("(* = confident enough to publish)")
 
 
+@app.command("pipeline")
+def pipeline_cmd(
+    spec: Annotated[Path, typer.Argument(help="Catalog spec (YAML).")],
+    configs: Annotated[list[Path], typer.Argument(help="One or more training configs; each trains a candidate.")],
+    model_name: Annotated[str | None, typer.Option(help="Registry model name (default: the dataset name).")] = None,
+    source: Annotated[Path | None, typer.Option(help="Catalog file instead of the spec's source.")] = None,
+    epochs: Annotated[int | None, typer.Option(help="Override training.epochs.")] = None,
+    as_json: Annotated[bool, typer.Option("--json", help="End with one JSON line of the result.")] = False,
+) -> None:
+    """Run the Prefect `pipeline` flow: ingest -> train -> evaluate -> register (+ promote)."""
+    from flows.pipeline import pipeline_flow
+
+    result = pipeline_flow(str(spec), [str(c) for c in configs], model_name, str(source) if source else None, epochs)
+    _print_candidates(result)
+    if as_json:
+        typer.echo(json.dumps(result, default=str))
+
+
+def _print_candidates(result: dict) -> None:
+    rows = ["| version | fusion | attribute | macro-F1 | R@P95 | decision |", "|---|---|---|---|---|---|"]
+    for c in result["candidates"]:
+        decision = "promoted" if c["promoted"] else "candidate"
+        for attr, m in c["metrics"]["attributes"].items():
+            rows.append(f"| v{c['version']} | {c['fusion']} | {attr} | {m['f1_macro']:.3f} | {m['r_at_p95']:.3f} | {decision} |")
+    typer.echo("\nTest split:\n\n" + "\n".join(rows))
+    typer.echo(f"\nproduction model: {result['candidates'][0]['name']} v{result['production_version']}")
+
+
 @app.command("demo")
 def demo(
     n: Annotated[int, typer.Option(help="Number of demo products.")] = 2000,
     seed: Annotated[int, typer.Option(help="Random seed.")] = 0,
     fusions: Annotated[str, typer.Option(help="Comma-separated fusion configs to train (configs/models/<name>.yaml).")] = "text,concat,modality_attention",
 ) -> None:
-    """The main job on the built-in demo catalog: generate, ingest, train frozen-encoder models, evaluate."""
-    from components.catalog import load_dataset
-    from components.evaluation.evaluate import evaluate
-    from components.training.trainer import load_train_config, train
+    """The main job on the built-in demo catalog, as a Prefect flow run: generate the catalog,
+    ingest, train frozen-encoder models, evaluate, register and promote the best."""
+    from flows.pipeline import pipeline_flow
 
     home = get_settings().home
     spec_path = write_demo_catalog(home / "demo-catalog", n=n, seed=seed)
     typer.echo(f"demo catalog: {n} products in {home / 'demo-catalog'}")
-    result = ingest(load_spec(spec_path))
-    typer.echo(f"ingested {result.accepted} of {result.rows} rows ({result.quarantined} quarantined: {result.reasons})")
-    dataset = load_dataset(result.dataset_dir)
-    rows = []
-    for name in fusions.split(","):
-        cfg = load_train_config(CONFIGS / "models" / f"{name}.yaml")
-        trained = train(cfg, dataset, home / "models" / "demo" / name, progress=False)
-        report, _ = evaluate(trained.model_dir, dataset, "test")
-        typer.echo(f"trained {name}: best epoch {trained.best_epoch}, {trained.items_per_second:.0f} items/s")
-        for attr, m in report.attributes.items():
-            rows.append(f"| {name} | {attr} | {m.f1_macro:.3f} | {m.r_at_p95:.3f} |")
-    typer.echo("\nTest split, demo catalog:\n\n| model | attribute | macro-F1 | R@P95 |\n|---|---|---|---|")
-    typer.echo("\n".join(rows))
+    configs = [str(CONFIGS / "models" / f"{name}.yaml") for name in fusions.split(",")]
+    _print_candidates(pipeline_flow(str(spec_path), configs, model_name="demo"))
 
 
 if __name__ == "__main__":

@@ -13,10 +13,19 @@ class Settings(BaseSettings):
     model_config = SettingsConfigDict(env_prefix="ATTRFLOW_")
 
     home: Path = Path(".attrflow")
+    db_url: str | None = None  # ATTRFLOW_DB_URL: the registry's database (SQLAlchemy URL)
 
     @property
     def datasets_dir(self) -> Path:
         return self.home / "datasets"
+
+    @property
+    def database_url(self) -> str:
+        """ATTRFLOW_DB_URL if set, else a SQLite file at ATTRFLOW_HOME/registry.db (folder created)."""
+        if self.db_url:
+            return self.db_url
+        self.home.mkdir(parents=True, exist_ok=True)
+        return f"sqlite:///{(self.home / 'registry.db').resolve()}"
 
 
 def get_settings() -> Settings:

@@ -1,0 +1,51 @@
+"""Flow `pipeline`: ingest -> train (one or more configs) -> evaluate -> register with the promotion rule."""
+
+from __future__ import annotations
+
+from prefect import flow
+from prefect.artifacts import create_markdown_artifact
+
+from components.registry import Registry
+from flows.common import artifact_key
+from flows.ingest import ingest_flow
+from flows.register import register_flow
+from flows.train import train_flow
+
+
+@flow(name="pipeline", log_prints=True)
+def pipeline_flow(
+    spec: str,
+    configs: list[str],
+    model_name: str | None = None,
+    source: str | None = None,
+    epochs: int | None = None,
+    primary_metric: str = "r_at_p95_mean",
+) -> dict:
+    """The whole loop for one catalog. Each config trains a candidate; every candidate goes
+    through the promotion rule, so the best of them (and of the old production) wins."""
+    dataset = ingest_flow(spec, source)
+    name = model_name or dataset["name"]
+    candidates = []
+    for config in configs:
+        trained = train_flow(config, dataset["dataset_dir"], epochs)
+        registered = register_flow(trained["model_dir"], trained["run_id"], name, dataset["dataset_dir"], primary_metric)
+        candidates.append({**registered, "fusion": trained["fusion"], "run_id": trained["run_id"]})
+    production = Registry().get_production(name)
+    rows = "\n".join(
+        f"| v{c['version']} | {c['fusion']} | {c['metrics']['f1_macro_mean']:.3f} | {c['metrics']['r_at_p95_mean']:.3f} | "
+        f"{'promoted' if c['promoted'] else 'candidate'} |"
+        for c in candidates
+    )
+    create_markdown_artifact(
+        f"# Pipeline for `{name}`\n\nDataset {dataset['name']} {dataset['version']} "
+        f"({dataset['accepted']} products, {dataset['quarantined']} quarantined).\n\n"
+        f"| version | fusion | F1 macro (mean) | R@P95 (mean) | decision |\n|---|---|---|---|---|\n{rows}\n\n"
+        f"Production now: **v{production.version if production else '-'}**\n",
+        key=artifact_key("pipeline", name),
+        description="Candidates trained in this run and the production model",
+    )
+    return {
+        "dataset": dataset,
+        "candidates": candidates,
+        "production_version": production.version if production else None,
+    }

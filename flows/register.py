@@ -1,0 +1,81 @@
+"""Flow `register`: a trained model -> a registered version, promoted only if it is at least
+as good as the current production model on the same evaluation data."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from prefect import flow, task
+from prefect.artifacts import create_markdown_artifact
+
+from components.catalog import load_dataset
+from components.evaluation.evaluate import evaluate
+from components.evaluation.report import EvaluationReport
+from components.models.model import load_thresholds
+from components.registry import Registry
+from flows.common import artifact_key, retry_on_io_error
+
+
+def summarize(report: EvaluationReport) -> dict:
+    """The metrics a model version carries in the registry."""
+    return {
+        "dataset": report.dataset,
+        "split": report.split,
+        "attributes": {k: v.model_dump() for k, v in report.attributes.items()},
+        "r_at_p95_mean": report.mean("r_at_p95"),
+        "f1_macro_mean": report.mean("f1_macro"),
+    }
+
+
+@task
+def evaluate_on(model_dir: str, dataset_dir: str, split: str, out_name: str) -> dict:
+    dataset = load_dataset(dataset_dir)
+    report, _ = evaluate(model_dir, dataset, split, out_dir=Path(model_dir) / f"{out_name}-{dataset.version}-{split}")
+    return summarize(report)
+
+
+@task(retries=3, retry_delay_seconds=1, retry_condition_fn=retry_on_io_error)
+def register_version(name: str, run_id: int, model_dir: str, metrics: dict):
+    return Registry().register_model_version(name, run_id, Path(model_dir), metrics, load_thresholds(model_dir))
+
+
+@flow(name="register", log_prints=True)
+def register_flow(
+    model_dir: str,
+    run_id: int,
+    model_name: str,
+    dataset_dir: str,
+    primary_metric: str = "r_at_p95_mean",
+    split: str = "test",
+) -> dict:
+    registry = Registry()
+    candidate = evaluate_on(model_dir, dataset_dir, split, "eval")
+    production = registry.get_production(model_name)
+    # Same evaluation data for both: the production model is scored again on this dataset's split.
+    prod_metrics = evaluate_on(production.artifact_dir, dataset_dir, split, "eval") if production else None
+    version = register_version(model_name, run_id, model_dir, candidate)
+    # Applies the rule: promotes (archiving the old production) or records why not.
+    decision = registry.decide_promotion(
+        model_name,
+        version.version,
+        metric=primary_metric,
+        candidate_score=candidate[primary_metric],
+        production_score=prod_metrics[primary_metric] if prod_metrics else None,
+    )
+    verdict = "promoted to production" if decision.promote else "kept as candidate"
+    create_markdown_artifact(
+        f"# {model_name} v{version.version}: {verdict}\n\n{decision.reason}\n\n"
+        f"| | {primary_metric} |\n|---|---|\n| candidate v{version.version} | {candidate[primary_metric]:.4f} |\n"
+        + (f"| production v{production.version} | {prod_metrics[primary_metric]:.4f} |\n" if production else "")
+        + f"\nArtifacts: `{version.artifact_dir}`\n",
+        key=artifact_key("promotion", model_name),
+        description="Promotion decision",
+    )
+    print(f"{model_name} v{version.version}: {verdict} ({decision.reason})")
+    return {
+        "name": model_name,
+        "version": version.version,
+        "promoted": decision.promote,
+        "reason": decision.reason,
+        "metrics": candidate,
+    }

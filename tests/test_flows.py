@@ -1,0 +1,131 @@
+"""Real Prefect flow runs (on a temporary Prefect server) over a tiny demo catalog and tiny models."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+
+import pytest
+import yaml
+
+from components.catalog.demo import write_demo_catalog
+from components.registry import Registry
+
+pytestmark = pytest.mark.slow
+
+
+@pytest.fixture(scope="module")
+def prefect_server():
+    from prefect.testing.utilities import prefect_test_harness
+
+    with prefect_test_harness(server_startup_timeout=120):
+        yield
+
+
+def _tiny_config(path, fusion: str, lr: float = 1e-3) -> str:
+    path.write_text(
+        yaml.safe_dump(
+            {
+                "model": {
+                    "text": {"name": "tiny-random", "max_length": 24},
+                    "image": {"name": "tiny-random", "image_size": [32, 32]},
+                    "fusion": {"name": fusion},
+                    "head": {"hidden": 16},
+                },
+                "training": {"epochs": 2, "batch_size": 32, "lr_head": lr},
+            }
+        )
+    )
+    return str(path)
+
+
+def _artifacts(key_like: str) -> list[dict]:
+    """Artifacts from the server's REST API (plain JSON keeps the test independent of client models)."""
+    import httpx
+    from prefect.settings import PREFECT_API_URL
+
+    body = {"artifacts": {"key": {"like_": key_like}}, "limit": 200, "sort": "CREATED_DESC"}
+    response = httpx.post(f"{PREFECT_API_URL.value()}/artifacts/filter", json=body)
+    response.raise_for_status()
+    return response.json()
+
+
+def test_pipeline_flow_run_registers_and_promotes(prefect_server, tmp_path):
+    from flows.pipeline import pipeline_flow
+
+    spec = write_demo_catalog(tmp_path / "catalog", n=150, seed=2)
+    configs = [_tiny_config(tmp_path / "text.yaml", "text"), _tiny_config(tmp_path / "ma.yaml", "modality_attention")]
+    state = pipeline_flow(str(spec), configs, model_name="shop", return_state=True)
+    assert state.is_completed(), state
+    result = state.result()
+
+    registry = Registry()
+    runs = registry.list_runs(kind="train")
+    assert len(runs) == 2 and all(r.status == "completed" for r in runs)
+    assert all(len(r.epoch_metrics) == 2 for r in runs)  # logged every epoch
+    versions = registry.list_model_versions("shop")
+    assert sorted(v.version for v in versions) == [1, 2]
+    production = registry.get_production("shop")
+    assert production is not None and production.version == result["production_version"]
+    # v1 was promoted as the first; v2 only if at least as good on the same test data
+    v2 = next(c for c in result["candidates"] if c["version"] == 2)
+    v1 = next(c for c in result["candidates"] if c["version"] == 1)
+    assert v2["promoted"] == (v2["metrics"]["r_at_p95_mean"] >= v1["metrics"]["r_at_p95_mean"])
+    assert (production.version == 2) == v2["promoted"]
+    stored = registry.get_model_version("shop", production.version)
+    assert set(stored.thresholds) == {"category", "colour", "material", "pattern"}  # thresholds travel with the version
+    assert set(stored.metrics["attributes"]) == {"category", "colour", "material", "pattern"}
+
+    keys = {a["key"] for a in _artifacts("%")}
+    assert {"dataset-demo", "promotion-shop", "pipeline-shop"} <= keys
+    assert any(k.startswith("train-demo-") for k in keys)
+    promotion = _artifacts("promotion-shop")[0]
+    assert f"shop v{v2['version']}" in promotion["data"]  # the latest decision, about v2
+    assert ("promoted to production" in promotion["data"]) == v2["promoted"]
+
+
+def test_failed_training_is_recorded_and_leaves_no_model_version(prefect_server, tmp_path):
+    from flows.pipeline import pipeline_flow
+
+    spec = write_demo_catalog(tmp_path / "catalog", n=80, seed=3)
+    bad = tmp_path / "bad.yaml"
+    bad.write_text(yaml.safe_dump({"model": {"text": {"name": "tiny-random"}, "image": {"name": "tiny-random", "image_size": [32, 32]},
+                                             "attributes": ["not_an_attribute"]}}))
+    state = pipeline_flow(str(spec), [str(bad)], model_name="broken", return_state=True)
+    assert state.is_failed()
+    runs = Registry().list_runs(kind="train")
+    assert runs[0].status == "failed" and "not_an_attribute" in runs[0].error
+    assert Registry().list_model_versions("broken") == []
+
+
+def test_deployments_have_the_expected_schedules(prefect_server):
+    from prefect.client.orchestration import get_client
+
+    from flows.deployments import build_deployments
+
+    deployments = build_deployments(spec="configs/catalogs/demo.yaml", configs=["configs/models/text.yaml"], cron="15 4 * * 2")
+    for d in deployments:
+        d.apply()
+
+    async def read():
+        async with get_client() as client:
+            return {
+                name: await client.read_deployment_by_name(name)
+                for name in ("pipeline/scheduled-retrain", "ingest/on-demand", "train/on-demand")
+            }
+
+    found = asyncio.run(read())
+    crons = [s.schedule.cron for s in found["pipeline/scheduled-retrain"].schedules]
+    assert crons == ["15 4 * * 2"]
+    assert found["pipeline/scheduled-retrain"].parameters["configs"] == ["configs/models/text.yaml"]
+    assert found["ingest/on-demand"].schedules == [] and found["train/on-demand"].schedules == []
+
+
+def test_default_schedule_is_weekly(monkeypatch):
+    from flows.deployments import DEFAULT_CRON, build_deployments
+
+    monkeypatch.delenv("ATTRFLOW_RETRAIN_CRON", raising=False)
+    pipeline = build_deployments()[0]
+    assert [s.schedule.cron for s in pipeline.schedules] == [DEFAULT_CRON]
+    assert DEFAULT_CRON.split()[2:] == ["*", "*", "1"]  # once a week
+    assert json.dumps(pipeline.parameters)  # parameters are plain JSON
