@@ -15,7 +15,7 @@ UI_PORT       ?= 4200
 export PREFECT_HOME ?= $(abspath $(ATTRFLOW_HOME))/prefect
 export PREFECT_SERVER_ANALYTICS_ENABLED := false
 
-.PHONY: setup demo test ui clean
+.PHONY: setup demo test ui clean bench-quality
 
 setup: $(STAMP)
 
@@ -30,6 +30,7 @@ demo: setup  ## generate the demo catalog and run the main job on it
 	$(BIN)/attrflow demo
 
 test: setup  ## the test suite
+	mkdir -p $(PREFECT_HOME)
 	$(BIN)/python -m pytest -q $(PYTEST_ARGS)
 
 ui: setup  ## a local Prefect server + UI (http://127.0.0.1:$(UI_PORT)) serving attrflow's deployments
@@ -43,5 +44,5 @@ ui: setup  ## a local Prefect server + UI (http://127.0.0.1:$(UI_PORT)) serving 
 clean:
 	rm -rf $(VENV) .attrflow .pytest_cache
 
-bench-quality: setup  ## the quality benchmark on the real fashion catalog (bench/quality.py; ~45 min on 2 cores)
+bench-quality: setup  ## the quality benchmark on the real fashion catalog (bench/quality.py; docs/results.md)
 	$(BIN)/python bench/quality.py

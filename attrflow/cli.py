@@ -153,13 +153,55 @@ def pipeline_cmd(
     model_name: Annotated[str | None, typer.Option(help="Registry model name (default: the dataset name).")] = None,
     source: Annotated[Path | None, typer.Option(help="Catalog file instead of the spec's source.")] = None,
     epochs: Annotated[int | None, typer.Option(help="Override training.epochs.")] = None,
+    search: Annotated[Path | None, typer.Option(help="Also run a hyperparameter search (YAML) and add its best model.")] = None,
     as_json: Annotated[bool, typer.Option("--json", help="End with one JSON line of the result.")] = False,
 ) -> None:
     """Run the Prefect `pipeline` flow: ingest -> train -> evaluate -> register (+ promote)."""
     from flows.pipeline import pipeline_flow
 
-    result = pipeline_flow(str(spec), [str(c) for c in configs], model_name, str(source) if source else None, epochs)
+    result = pipeline_flow(str(spec), [str(c) for c in configs], model_name, str(source) if source else None, epochs,
+                           search=str(search) if search else None)
     _print_candidates(result)
+    if as_json:
+        typer.echo(json.dumps(result, default=str))
+
+
+@app.command("tune")
+def tune_cmd(
+    spec_or_dataset: Annotated[Path, typer.Argument(help="Catalog spec (YAML; ingested first) or a dataset folder.")],
+    search: Annotated[Path, typer.Argument(help="Search space (YAML), e.g. configs/search/default.yaml.")],
+    trials: Annotated[int | None, typer.Option(help="Number of trials (default: the file's `trials`).")] = None,
+    address: Annotated[str | None, typer.Option(help="Ray cluster, e.g. ray://head:10001 (default: a local Ray).")] = None,
+    model_name: Annotated[str | None, typer.Option(help="Registry model name (default: the dataset name).")] = None,
+    retrain: Annotated[bool | None, typer.Option("--retrain/--no-retrain",
+                                                 help="Retrain the best configuration on train + validation "
+                                                      "(default: the file's retrain_on_train_validation).")] = None,
+    as_json: Annotated[bool, typer.Option("--json", help="End with one JSON line of the result.")] = False,
+) -> None:
+    """Run the Prefect `tune` flow: search (Optuna + ASHA on Ray Tune), record every trial,
+    register the best model with the promotion rule."""
+    from components.tuning import load_search
+
+    try:
+        load_search(search)  # a bad file fails here, before Prefect or Ray start
+    except ValueError as e:
+        _fail(str(e))
+    if not spec_or_dataset.exists():
+        _fail(f"{spec_or_dataset}: no such catalog spec or dataset folder")
+    from flows.tune import tune_flow
+
+    result = tune_flow(str(spec_or_dataset), str(search), trials, address, model_name, retrain)
+    rows = ["| rank | trial | run | fusion | best | epochs | status |", "|---|---|---|---|---|---|---|"]
+    ranked = sorted((t for t in result["trials"] if t["best"] is not None), key=lambda t: -t["best"])
+    for i, t in enumerate(ranked[:10], 1):
+        status = "stopped early" if t["stopped_early"] else "interrupted" if t["interrupted"] else t["status"]
+        rows.append(f"| {i} | {t['trial_id']} | {t['run_id']} | {t['params'].get('fusion')} | {t['best']:.4f} | "
+                    f"{t['epochs_run']} | {status} |")
+    typer.echo(f"\n{len(result['trials'])} trials {result['counts']}; best {result['best_trial']['metric']} on validation:\n")
+    typer.echo("\n".join(rows))
+    decision = "promoted to production" if result["promoted"] else "kept as candidate"
+    typer.echo(f"\nregistered: {result['name']} v{result['version']} ({decision}); "
+               f"test {result['test']}\nleaderboard: {result['leaderboard']}\nplot: {result['plot']}")
     if as_json:
         typer.echo(json.dumps(result, default=str))
 

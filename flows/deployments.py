@@ -1,4 +1,4 @@
-"""Deployments: scheduled retraining (`pipeline`) and on-demand `ingest` / `train` (+ `evaluate`).
+"""Deployments: scheduled retraining (`pipeline`) and on-demand `ingest` / `train` / `tune` (+ `evaluate`).
 
     python -m flows.deployments            # serve them against PREFECT_API_URL (see `make ui`)
 
@@ -19,6 +19,7 @@ from flows.evaluate import evaluate_flow
 from flows.ingest import ingest_flow
 from flows.pipeline import pipeline_flow
 from flows.train import train_flow
+from flows.tune import tune_flow
 
 DEFAULT_CRON = "0 3 * * 1"  # weekly: Mondays 03:00
 
@@ -47,6 +48,12 @@ def build_deployments(
         ingest_flow.to_deployment("on-demand", description="Ingest a catalog spec.", tags=["attrflow"]),
         train_flow.to_deployment("on-demand", description="Train a config on a dataset.", tags=["attrflow"]),
         evaluate_flow.to_deployment("on-demand", description="Evaluate a model folder.", tags=["attrflow"]),
+        tune_flow.to_deployment(
+            "on-demand",
+            parameters={"search": "configs/search/default.yaml"},
+            description="Hyperparameter search (Ray Tune): record every trial, register the best.",
+            tags=["attrflow", "tune"],
+        ),
     ]
 
 

@@ -6,10 +6,12 @@ from prefect import flow
 from prefect.artifacts import create_markdown_artifact
 
 from components.registry import Registry
+from components.tuning import load_search
 from flows.common import artifact_key
 from flows.ingest import ingest_flow
 from flows.register import register_flow
 from flows.train import train_flow
+from flows.tune import tune_flow
 
 
 @flow(name="pipeline", log_prints=True)
@@ -20,9 +22,14 @@ def pipeline_flow(
     source: str | None = None,
     epochs: int | None = None,
     primary_metric: str = "r_at_p95_mean",
+    search: str | None = None,
 ) -> dict:
     """The whole loop for one catalog. Each config trains a candidate; every candidate goes
-    through the promotion rule, so the best of them (and of the old production) wins."""
+    through the promotion rule, so the best of them (and of the old production) wins.
+    With `search` (a search-space file) a hyperparameter search adds its best model as one
+    more candidate (`configs` may then be empty)."""
+    if search:
+        load_search(search)  # a bad search file fails now, not after the training runs
     dataset = ingest_flow(spec, source)
     name = model_name or dataset["name"]
     candidates = []
@@ -30,6 +37,9 @@ def pipeline_flow(
         trained = train_flow(config, dataset["dataset_dir"], epochs)
         registered = register_flow(trained["model_dir"], trained["run_id"], name, dataset["dataset_dir"], primary_metric)
         candidates.append({**registered, "fusion": trained["fusion"], "run_id": trained["run_id"]})
+    if search:
+        tuned = tune_flow(dataset["dataset_dir"], search, model_name=name, primary_metric=primary_metric)
+        candidates.append({k: tuned[k] for k in ("name", "version", "promoted", "reason", "metrics", "fusion", "run_id")})
     production = Registry().get_production(name)
     rows = "\n".join(
         f"| v{c['version']} | {c['fusion']} | {c['metrics']['f1_macro_mean']:.3f} | {c['metrics']['r_at_p95_mean']:.3f} | "

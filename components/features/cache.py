@@ -120,7 +120,7 @@ def encode_items(
             i = image(batch["pixels"][has])
             pooled[has] = i.pooled
             if with_tokens:
-                tokens = torch.zeros(len(has), i.tokens.shape[1], image.dim, device=device)
+                tokens = torch.zeros(len(has), i.tokens.shape[1], image.token_dim, device=device)
                 tokens[has] = i.tokens
         parts["text"].append(t.pooled.cpu())
         parts["image"].append(pooled.cpu())
@@ -130,7 +130,7 @@ def encode_items(
             parts["text_tokens"].append(torch.nn.functional.pad(t.tokens, (0, 0, 0, pad)).half().cpu())
             parts["text_mask"].append(torch.nn.functional.pad(t.mask, (0, pad)).cpu())
             if tokens is None:
-                tokens = torch.zeros(len(has), _region_count(image), image.dim)
+                tokens = torch.zeros(len(has), _region_count(image), image.token_dim)
             parts["image_tokens"].append(tokens.half().cpu())
     return Encodings(**{k: torch.cat(v) if v else None for k, v in parts.items()})
 

@@ -15,7 +15,7 @@ import numpy as np
 import timm
 import torch
 from PIL import Image
-from pydantic import BaseModel, ConfigDict
+from pydantic import BaseModel, ConfigDict, Field
 from torch import nn
 from transformers import AutoModel, AutoTokenizer, BertConfig, BertModel
 
@@ -34,6 +34,11 @@ class ImageEncoderConfig(BaseModel):
     name: str = "default"  # "default" | "tiny-random" | timm model name
     weights: str | None = None  # local state dict (.pth/.safetensors) for a custom timm name
     image_size: tuple[int, int] = (128, 128)  # (height, width)
+    # Multi-scale pooling: also average-pool these earlier backbone stages (indices into timm's
+    # `feature_info`, e.g. [1, 2]) and append them to the pooled vector. Early stages keep
+    # low-level information such as colour that the last stage largely discards.
+    extra_stages: list[int] = Field(default_factory=list)
+    extra_grid: int = Field(1, ge=1)  # pool each extra stage to grid x grid cells (1 = global average)
 
 
 @dataclass
@@ -159,9 +164,21 @@ class ImageEncoder(nn.Module):
         mean, std = ((0.5,) * 3, (0.5,) * 3) if name == "default" else (cfg.get("mean"), cfg.get("std"))
         # Plain CPU tensors, not buffers: preprocessing runs on CPU whatever device the model is on.
         self.norm_mean, self.norm_std = torch.tensor(mean).view(3, 1, 1), torch.tensor(std).view(3, 1, 1)
-        self.dim: int = self.model.num_features
+        self.token_dim: int = self.model.num_features  # region tokens: the last feature map
+        self._stage_outputs: dict[int, torch.Tensor] = {}
+        extra = 0
+        for s in config.extra_stages:
+            info = self.model.feature_info
+            if not 0 <= s < len(info):
+                raise ValueError(f"extra_stages: {name} has stages 0..{len(info) - 1}, not {s}")
+            module = self.model.get_submodule(info[s]["module"])
+            module.register_forward_hook(lambda _m, _i, out, s=s: self._stage_outputs.__setitem__(s, out))
+            extra += info[s]["num_chs"] * config.extra_grid**2
+        self.dim: int = self.token_dim + extra  # the pooled vector (last stage + extra stages)
         h, w = config.image_size
         suffix = f":{_file_hash(weights)}" if config.weights else ""
+        if config.extra_stages:
+            suffix += f":ms{'-'.join(map(str, config.extra_stages))}g{config.extra_grid}"
         self.identity = f"image:{name}{suffix}:{h}x{w}"
         self.eval()  # BatchNorm must use its running stats unless a caller fine-tunes
 
@@ -176,8 +193,14 @@ class ImageEncoder(nn.Module):
         return pixels, has_image
 
     def forward(self, pixels: torch.Tensor) -> ImageFeatures:
+        self._stage_outputs.clear()
         feats = self.model.forward_features(pixels)
         pooled = self.model.forward_head(feats, pre_logits=True)  # the backbone's own global pooling
+        if self.config.extra_stages:
+            g = self.config.extra_grid
+            extra = [nn.functional.adaptive_avg_pool2d(self._stage_outputs[s], g).flatten(1) for s in self.config.extra_stages]
+            pooled = torch.cat([pooled, *extra], dim=1)
+            self._stage_outputs.clear()
         tokens = feats.flatten(2).transpose(1, 2) if feats.ndim == 4 else feats  # (B,C,h,w) -> (B,h*w,C)
         return ImageFeatures(pooled=pooled, tokens=tokens)
 

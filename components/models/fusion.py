@@ -98,10 +98,17 @@ def register_fusion(name: str):
     return add
 
 
-def create_fusion(config, text_dim: int, image_dim: int, attributes: list[HeadSpec], head: HeadConfig) -> Fusion:
+def create_fusion(
+    config, text_dim: int, image_dim: int, attributes: list[HeadSpec], head: HeadConfig, image_token_dim: int | None = None
+) -> Fusion:
+    """`image_token_dim`: width of the image region tokens when it differs from the pooled
+    vector's (multi-scale pooling appends earlier stages to the pooled vector only)."""
     if config.name not in FUSIONS:
         raise KeyError(f"unknown fusion {config.name!r}; known: {sorted(FUSIONS)}")
-    return FUSIONS[config.name](config, text_dim, image_dim, attributes, head)
+    cls = FUSIONS[config.name]
+    if cls.needs_tokens and image_token_dim is not None and image_token_dim != image_dim:
+        return cls(config, text_dim, image_dim, attributes, head, image_token_dim=image_token_dim)
+    return cls(config, text_dim, image_dim, attributes, head)
 
 
 class Fusion(nn.Module):
@@ -245,11 +252,11 @@ class CrossAttention(Fusion):
 
     needs_tokens = True
 
-    def __init__(self, config: CrossAttentionConfig, text_dim, image_dim, attributes, head):
+    def __init__(self, config: CrossAttentionConfig, text_dim, image_dim, attributes, head, image_token_dim=None):
         super().__init__(config, text_dim, image_dim, attributes, head)
         d = config.dim
         self.h_proj = nn.Linear(text_dim, d)
-        self.v_proj = nn.Linear(image_dim, d)
+        self.v_proj = nn.Linear(image_token_dim or image_dim, d)
         self.v0_proj = nn.Linear(image_dim, d)
         self.self_attn = nn.MultiheadAttention(d, config.heads, dropout=config.dropout, batch_first=True)
         self.cross_attn = nn.MultiheadAttention(d, config.heads, dropout=config.dropout, batch_first=True)

@@ -51,7 +51,8 @@ class AttributeModel(nn.Module):
         self.text_encoder = TextEncoder(config.text)
         self.image_encoder = ImageEncoder(config.image)
         self.fusion = create_fusion(
-            config.fusion, self.text_encoder.dim, self.image_encoder.dim, self.specs, config.head
+            config.fusion, self.text_encoder.dim, self.image_encoder.dim, self.specs, config.head,
+            image_token_dim=self.image_encoder.token_dim,
         )
 
     @property

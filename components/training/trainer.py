@@ -30,7 +30,7 @@ from components.features.cache import Encodings, cached_encodings
 from components.features.preprocess import collate_fn, encode_labels, records
 from components.models.model import AttributeModel, ModelConfig, Vocab, create_model, save_model
 from components.predict import predict_items
-from components.training.losses import supervised_loss
+from components.training.losses import log_class_priors, supervised_loss
 
 
 class TrainingConfig(BaseModel):
@@ -50,6 +50,14 @@ class TrainingConfig(BaseModel):
     target_precision: float = Field(0.95, gt=0, le=1)  # for the per-value publishing thresholds
     seed: int = 0
     num_workers: int = Field(0, ge=0)  # DataLoader workers when fine-tuning
+    label_smoothing: float = Field(0.0, ge=0, lt=1)  # multiclass cross-entropy label smoothing
+    # Logit-adjusted loss for rare values (multiclass): the loss sees logits + tau * log prior
+    # (train-split frequencies); 0 = plain cross-entropy.
+    logit_adjust_tau: float = Field(0.0, ge=0)
+    # Modality dropout: during training, treat each product's image as missing with this
+    # probability (the fusions' missing-image path), so a model cannot lean on memorised image
+    # features alone and keeps using the text. 0 = off.
+    image_dropout: float = Field(0.0, ge=0, lt=1)
 
 
 class TrainConfig(BaseModel):
@@ -114,6 +122,13 @@ def train(
     if len(train_idx) == 0 or len(val_idx) == 0:
         raise ValueError(f"{dataset.path}: training needs rows in both the train and validation splits")
 
+    log_priors = None
+    if cfg.logit_adjust_tau > 0:
+        log_priors = {
+            s.name: log_class_priors(labels[s.name][train_idx], s.n_values, cfg.logit_adjust_tau).to(device)
+            for s in model.specs
+            if s.kind == "multiclass"
+        }
     encodings: Encodings | None = None
     if cfg.frozen:
         for p in [*model.text_encoder.parameters(), *model.image_encoder.parameters()]:
@@ -142,14 +157,15 @@ def train(
             model.text_encoder.eval()
             model.image_encoder.eval()
         order = train_idx[torch.randperm(len(train_idx), generator=torch.Generator().manual_seed(cfg.seed * 1000 + epoch)).numpy()]
-        batches = _batches(model, dataset, encodings, order, cfg, device)
+        drop = torch.Generator().manual_seed(cfg.seed * 1000 + epoch + 1) if cfg.image_dropout > 0 else None
+        batches = _batches(model, dataset, encodings, order, cfg, device, drop)
         bar = tqdm(batches, total=steps_per_epoch, desc=f"epoch {epoch + 1}/{cfg.epochs}", disable=not progress, mininterval=1.0)
         seen, loss_sum, start = 0, 0.0, time.perf_counter()
         for batch_idx, forward in bar:
             with amp:
                 out = forward()
             y = {k: v[batch_idx].to(device) for k, v in labels.items()}
-            loss = supervised_loss(out, y, model.specs) + out.aux_loss
+            loss = supervised_loss(out, y, model.specs, cfg.label_smoothing, log_priors) + out.aux_loss
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             torch.nn.utils.clip_grad_norm_([p for p in model.parameters() if p.requires_grad], cfg.grad_clip)
@@ -217,12 +233,26 @@ def evaluate_arrays(
     }
 
 
-def _batches(model, dataset, encodings, order, cfg: TrainingConfig, device):
+def _drop_images(has_image: torch.Tensor, p: float, generator: torch.Generator | None) -> torch.Tensor:
+    """has_image with each True turned False with probability p (modality dropout)."""
+    if generator is None or p <= 0:
+        return has_image
+    keep = torch.rand(len(has_image), generator=generator) >= p
+    return has_image & keep.to(has_image.device)
+
+
+def _batches(model, dataset, encodings, order, cfg: TrainingConfig, device, drop: torch.Generator | None = None):
     """Yield (row indices, a thunk running the forward pass) for each batch of `order`."""
     if encodings is not None:
         for i in range(0, len(order), cfg.batch_size):
             idx = torch.as_tensor(order[i : i + cfg.batch_size])
-            yield idx, (lambda idx=idx: model.forward_head(encodings.features(idx, device)))
+            f = encodings.features(idx, device)
+            if drop is not None:
+                f.has_image = _drop_images(f.has_image, cfg.image_dropout, drop)
+                f.image = f.image * f.has_image[:, None]
+                if f.image_tokens is not None:
+                    f.image_tokens = f.image_tokens * f.has_image[:, None, None]
+            yield idx, (lambda f=f: model.forward_head(f))
         return
     rows = records(dataset.items)
     loader = DataLoader(
@@ -233,6 +263,7 @@ def _batches(model, dataset, encodings, order, cfg: TrainingConfig, device):
     )
     for batch in loader:
         idx = batch.pop("index")
+        batch["has_image"] = _drop_images(batch["has_image"], cfg.image_dropout, drop)
         batch = {k: v.to(device) for k, v in batch.items()}
         yield idx, (lambda batch=batch: model(batch))
 
