@@ -21,8 +21,9 @@ import re
 from pathlib import Path
 from typing import Literal
 
-import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from components.yaml_files import describe_errors, read_yaml_mapping
 
 AttributeKind = Literal["multiclass", "multilabel"]
 SourceFormat = Literal["csv", "parquet", "jsonl"]
@@ -137,26 +138,12 @@ class CatalogSpec(_Strict):
 def load_spec(path: str | Path) -> CatalogSpec:
     """Read and validate a spec; `source` is resolved relative to the YAML file's folder."""
     path = Path(path)
-    try:
-        raw = yaml.safe_load(path.read_text())
-    except FileNotFoundError:
-        raise SpecError(f"{path}: catalog spec not found") from None
-    except yaml.YAMLError as e:
-        raise SpecError(f"{path}: not valid YAML: {e}") from None
-    if not isinstance(raw, dict):
-        raise SpecError(f"{path}: a catalog spec must be a mapping, got {type(raw).__name__}")
+    raw = read_yaml_mapping(path, "catalog spec", SpecError)
     try:
         spec = CatalogSpec.model_validate(raw)
     except ValidationError as e:
-        raise SpecError(f"{path}: invalid catalog spec:\n{_format_errors(e)}") from None
+        raise SpecError(f"{path}: invalid catalog spec: {describe_errors(e)}") from None
     if not spec.source.is_absolute():
         spec = spec.with_source(path.parent / spec.source)
     return spec
 
-
-def _format_errors(e: ValidationError) -> str:
-    lines = []
-    for err in e.errors():
-        where = ".".join(str(p) for p in err["loc"]) or "(top level)"
-        lines.append(f"  - {where}: {err['msg']}")
-    return "\n".join(lines)

@@ -18,7 +18,6 @@ from typing import Any, Literal
 
 import numpy as np
 import torch
-import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from safetensors.torch import load_file, save_file
 from torch.utils.data import DataLoader
@@ -31,6 +30,7 @@ from components.features.preprocess import collate_fn, encode_labels, records
 from components.models.model import AttributeModel, ModelConfig, Vocab, create_model, save_model
 from components.predict import predict_items
 from components.training.losses import log_class_priors, supervised_loss
+from components.yaml_files import describe_errors, read_yaml_mapping
 
 
 class TrainingConfig(BaseModel):
@@ -69,13 +69,11 @@ class TrainConfig(BaseModel):
 
 def load_train_config(path: str | Path, **overrides: Any) -> TrainConfig:
     path = Path(path)
+    raw = read_yaml_mapping(path, "training config", empty_ok=True)
     try:
-        raw = yaml.safe_load(path.read_text()) or {}
         return TrainConfig.model_validate(_deep_update(raw, overrides))
-    except FileNotFoundError:
-        raise ValueError(f"{path}: config not found") from None
-    except (yaml.YAMLError, ValidationError) as e:
-        raise ValueError(f"{path}: invalid training config: {e}") from None
+    except ValidationError as e:
+        raise ValueError(f"{path}: invalid training config: {describe_errors(e)}") from None
 
 
 def _deep_update(base: dict, update: dict) -> dict:

@@ -22,10 +22,10 @@ import copy
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
-import yaml
 from pydantic import BaseModel, ConfigDict, Discriminator, Field, Tag, ValidationError, model_validator
 
 from components.training.trainer import TrainConfig, _deep_update, load_train_config
+from components.yaml_files import describe_errors, read_yaml_mapping
 
 FUSION_NAMES = ("text", "image", "concat", "late", "cross_attention", "modality_attention")
 METRICS = ("r_at_p95", "f1_macro")  # the trainer's per-epoch validation means
@@ -196,14 +196,7 @@ def load_search(path: str | Path) -> SearchSpec:
     Also checks that the base config with each searched fusion is a valid training config.
     """
     path = Path(path)
-    try:
-        raw = yaml.safe_load(path.read_text())
-    except FileNotFoundError:
-        raise ValueError(f"{path}: search space not found") from None
-    except yaml.YAMLError as e:
-        raise ValueError(f"{path}: invalid search space (not YAML): {e}") from None
-    if not isinstance(raw, dict):
-        raise ValueError(f"{path}: invalid search space: expected a mapping at the top level")
+    raw = read_yaml_mapping(path, "search space")
     try:
         spec = SearchSpec.model_validate({k: v for k, v in raw.items() if k not in ("base_config", "source")})
     except ValidationError as e:
@@ -230,12 +223,7 @@ def load_search(path: str | Path) -> SearchSpec:
 
 
 def _errors(e: ValidationError) -> str:
-    out = []
-    for err in e.errors():
-        loc = ".".join(str(x) for x in err["loc"] if x not in ("choice", "loguniform", "uniform", "int", "constant"))
-        msg = err["msg"].removeprefix("Value error, ")
-        out.append(f"{loc}: {msg}" if loc else msg)
-    return "; ".join(out)
+    return describe_errors(e, skip=("choice", "loguniform", "uniform", "int", "constant"))
 
 
 def build_train_config(spec: SearchSpec, params: dict[str, Any]) -> TrainConfig:
