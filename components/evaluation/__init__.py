@@ -7,6 +7,7 @@ from components.evaluation.metrics import (
     multilabel_metrics,
     precision_recall_points,
     r_at_p,
+    ranking,
     value_thresholds,
 )
 from components.evaluation.report import AttributeReport, EvaluationReport, write_report
@@ -19,6 +20,7 @@ __all__ = [
     "multiclass_metrics",
     "multilabel_metrics",
     "precision_recall_points",
+    "ranking",
     "r_at_p",
     "value_thresholds",
     "write_report",

@@ -7,7 +7,7 @@ from pathlib import Path
 import numpy as np
 
 from components.catalog.dataset import Dataset
-from components.evaluation.metrics import attribute_metrics, modality_weight_stats
+from components.evaluation.metrics import attribute_metrics, modality_weight_stats, ranking
 from components.evaluation.report import AttributeReport, EvaluationReport, write_report
 from components.features.cache import cached_encodings
 from components.features.preprocess import encode_labels
@@ -68,13 +68,3 @@ def build_report(
     report = EvaluationReport(model=model_name, dataset=dataset_name, split=split, attributes=attributes)
     return report, curves, (weights or None)
 
-
-def ranking(probs: np.ndarray, y: np.ndarray, kind: str) -> tuple[np.ndarray, np.ndarray, int]:
-    """(scores, correct, n_positive) as R@P95 ranks them: top-1 per product (multiclass) or all pairs (multilabel)."""
-    if kind == "multiclass":
-        keep = y >= 0
-        p, t = probs[keep], y[keep]
-        return p.max(1), p.argmax(1) == t, int(keep.sum())
-    keep = (y >= 0).all(1)
-    p, t = probs[keep], y[keep]
-    return p.ravel(), t.ravel() == 1, int((t == 1).sum())

@@ -78,8 +78,7 @@ def multiclass_metrics(probs: np.ndarray, y: np.ndarray, target: float = 0.95) -
     return {
         "accuracy": float(correct.mean()),
         **_f1s(y, pred),
-        # Each labelled product has exactly one true value, so n_positive = n.
-        "r_at_p95": r_at_p(probs.max(axis=1), correct, int(y.size), target),
+        "r_at_p95": r_at_p(*ranking(probs, y, "multiclass"), target),
         "n": int(y.size),
     }
 
@@ -103,9 +102,22 @@ def multilabel_metrics(
     return {
         "accuracy": None,  # exact-set accuracy is not comparable with multiclass accuracy
         **_f1s(Y, pred),
-        "r_at_p95": r_at_p(probs, truth, int(truth.sum()), target),
+        "r_at_p95": r_at_p(*ranking(probs, Y, "multilabel"), target),
         "n": int(Y.shape[0]),
     }
+
+
+def ranking(probs: np.ndarray, labels: np.ndarray, kind: Kind) -> tuple[np.ndarray, np.ndarray, int]:
+    """(scores, correct, n_positive) as R@P ranks them, over labelled rows: one top-1 score per
+    product (multiclass; each has exactly one true value) or every (product, value) pair (multilabel)."""
+    probs, labels = np.asarray(probs, dtype=float), np.asarray(labels).astype(int)
+    if kind == "multiclass":
+        keep = labels >= 0
+        p, y = probs[keep], labels[keep]
+        return p.max(axis=1), p.argmax(axis=1) == y, int(y.size)
+    keep = _labelled_rows(labels)
+    p, truth = probs[keep], labels[keep] == 1
+    return p.ravel(), truth.ravel(), int(truth.sum())
 
 
 def attribute_metrics(
