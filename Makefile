@@ -15,7 +15,7 @@ UI_PORT       ?= 4200
 export PREFECT_HOME ?= $(abspath $(ATTRFLOW_HOME))/prefect
 export PREFECT_SERVER_ANALYTICS_ENABLED := false
 
-.PHONY: setup demo test ui clean bench-quality
+.PHONY: setup demo test ui clean bench bench-quality bench-tune
 
 setup: $(STAMP)
 
@@ -44,5 +44,11 @@ ui: setup  ## a local Prefect server + UI (http://127.0.0.1:$(UI_PORT)) serving 
 clean:
 	rm -rf $(VENV) .attrflow .pytest_cache
 
+bench: bench-quality bench-tune  ## every benchmark; results in bench/results/ (JSON + markdown)
+
 bench-quality: setup  ## the quality benchmark on the real fashion catalog (bench/quality.py; docs/results.md)
 	$(BIN)/python bench/quality.py
+
+bench-tune: setup  ## trials in 10 minutes of search, tuned vs hand-picked (bench/tune.py; after bench-quality)
+	mkdir -p $(PREFECT_HOME)
+	$(BIN)/python bench/tune.py

@@ -29,8 +29,10 @@ import os
 import platform
 import re
 import shutil
+import subprocess
 import sys
 import time
+from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
@@ -47,7 +49,7 @@ import yaml  # noqa: E402
 from components.catalog import ingest, load_dataset, load_spec  # noqa: E402
 from components.catalog.dataset import Dataset  # noqa: E402
 from components.evaluation.metrics import attribute_metrics, modality_weight_stats  # noqa: E402
-from components.features.cache import Encodings, cache_path, cached_encodings  # noqa: E402
+from components.features.cache import cache_path, cached_encodings  # noqa: E402
 from components.features.preprocess import encode_labels  # noqa: E402
 from components.models.encoders import ImageEncoder, ImageEncoderConfig, TextEncoder, TextEncoderConfig  # noqa: E402
 from components.models.model import load_model  # noqa: E402
@@ -71,6 +73,11 @@ ENCODERS: dict[str, Any] = {
     "image": {"name": "default", "image_size": [128, 96], "extra_stages": [0, 1, 2, 3], "extra_grid": 3},
 }
 HEAD = {"hidden": 256, "dropout": 0.2}
+# The lexical channel (components.features.lexical): a learned embedding of the title's hashed
+# word 1-2 grams beside the MiniLM vector, for every row that reads the pooled text. It keeps
+# the exact words ("Navy Blue", "Capris") that mean pooling blurs; n-gram dropout keeps it from
+# memorising training titles. See docs/results.md, "What made the difference".
+LEXICAL: dict[str, Any] = {"buckets": 2**17, "dim": 64, "dropout": 0.5}
 TRAINING: dict[str, Any] = {
     "frozen": True,
     "epochs": 14,
@@ -99,7 +106,9 @@ ROWS: dict[str, tuple[dict[str, Any], dict[str, Any]]] = {
     "late": ({"name": "late", "alpha": None}, {}),
     # Token-level fusion: ~20x more work per item than the pooled fusions; fewer epochs.
     "cross_attention": ({"name": "cross_attention", "dim": 256, "heads": 4, "dropout": 0.1}, {"epochs": 5, "batch_size": 128, "lr_head": 1e-3}),
-    **{f"modality_attention_l{lam:g}": ({"name": "modality_attention", "lambda_kl": lam, "per_attribute": True}, {}) for lam in LAMBDAS},
+    # No image dropout here: hiding the image forces the gate to text, and it learns to stay there.
+    **{f"modality_attention_l{lam:g}": ({"name": "modality_attention", "lambda_kl": lam, "per_attribute": True}, {"image_dropout": 0.0})
+       for lam in LAMBDAS},
 }
 COLOUR_ROWS = ["text", "image", "concat", "modality_attention"]  # the last one with the best lambda
 
@@ -116,8 +125,10 @@ def log(msg: str) -> None:
 
 
 def train_config(fusion: dict[str, Any], overrides: dict[str, Any]) -> TrainConfig:
+    reads_pooled_text = fusion["name"] not in ("image", "cross_attention")
     return TrainConfig.model_validate({
-        "model": {**ENCODERS, "fusion": fusion, "head": HEAD, "attributes": ATTRIBUTES},
+        "model": {**ENCODERS, "fusion": fusion, "head": HEAD, "attributes": ATTRIBUTES,
+                  "lexical": LEXICAL if reads_pooled_text else None},
         "training": {**TRAINING, **overrides},
     })
 
@@ -253,13 +264,14 @@ def build_colour_hidden_catalog(home: Path, colours: list[str], seed: int = 0, s
 
 
 @torch.no_grad()
-def derive_encodings(ds: Dataset, base: Dataset, base_enc: Encodings, text: TextEncoder, image: ImageEncoder) -> float:
+def derive_encodings(ds: Dataset, base: Dataset, text: TextEncoder, image: ImageEncoder) -> float:
     """Seed the derived catalog's embedding cache from the original's: images are byte-identical
     (same image_sha256), so only the changed titles are run through the text encoder."""
     path = cache_path(ds, text, image, with_tokens=False)
     if path.is_file():
         return 0.0
     start = time.perf_counter()
+    base_enc = cached_encodings(base, text, image, progress=False)
     pos = {i: k for k, i in enumerate(base.items["id"].tolist())}
     idx = np.array([pos[i] for i in ds.items["id"].tolist()])
     assert (ds.items["image_sha256"].to_numpy() == base.items["image_sha256"].to_numpy()[idx]).all()
@@ -479,6 +491,8 @@ def main() -> None:
     ap.add_argument("--colour-rows", default=",".join(COLOUR_ROWS), help="rows of the colour-hidden table to run")
     ap.add_argument("--no-report", action="store_true", help="only compute rows (e.g. to run several processes side by side)")
     ap.add_argument("--finetune", action="store_true", help="also run the (slow) full fine-tuning rows: " + ",".join(FINETUNE_ROWS))
+    ap.add_argument("--jobs", type=int, default=2, help="run the rows in this many processes side by side, one torch thread "
+                    "each (default 2: one per core of the reference machine); 1 = one after another in this process")
     ap.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's choice)")
     ap.add_argument("--out", type=Path, default=RESULTS)
     args = ap.parse_args()
@@ -496,32 +510,42 @@ def main() -> None:
     labels = {k: v.numpy() for k, v in encode_labels(ds.items, {a: ds.vocab[a] for a in ATTRIBUTES}).items()}
     results: dict[str, Any] = {"environment": environment(ds), "rows": {}}
 
-    # One embedding cache for every frozen row (with tokens, for cross_attention).
+    # One embedding cache for every frozen row (with tokens, for cross_attention; the pooled part
+    # is stored as its own file too, which is what the other rows read).
     t0 = time.perf_counter()
     text_enc, image_enc = encoders()
     hit = cache_path(ds, text_enc, image_enc, True).is_file()
-    base_enc = cached_encodings(ds, text_enc, image_enc, with_tokens=True, batch_size=128)
+    if not hit:
+        cached_encodings(ds, text_enc, image_enc, with_tokens=True, batch_size=128)
     timing["embedding cache" + (" (reused)" if hit else "")] = time.perf_counter() - t0
     log(f"embedding cache {'reused' if hit else 'computed'} in {time.perf_counter() - t0:.0f}s")
     cache_record = args.out / "rows" / "embedding_cache.json"
     if not hit:  # remember how long computing it took, for reports of later runs that reuse it
         cache_record.parent.mkdir(parents=True, exist_ok=True)
-        cache_record.write_text(json.dumps({"seconds": time.perf_counter() - t0, "products": len(base_enc),
+        cache_record.write_text(json.dumps({"seconds": time.perf_counter() - t0, "products": len(ds.items),
                                             "path": str(cache_path(ds, text_enc, image_enc, True))}, indent=1))
-
-    if not args.skip_tfidf:
-        tfidf_config = {"vectorizer": "TfidfVectorizer(ngram_range=(1, 2), sublinear_tf=True)", "classifier": "LogisticRegression(C=10, lbfgs)"}
-        results["rows"]["tfidf_lr"] = _run_row(args.out, "tfidf_lr", tfidf_config, lambda: tfidf_row(ds, labels), args.reuse)
 
     names = list(ROWS) if args.rows == "all" else [] if args.rows == "none" else args.rows.split(",")
     if args.finetune:
         names += list(FINETUNE_ROWS)
-    out_root = home / "bench" / "quality"
-    for name in names:
-        fusion, over = {**ROWS, **FINETUNE_ROWS}[name]
-        cfg = train_config(fusion, over)
-        results["rows"][name] = _run_row(args.out, name, cfg.model_dump(mode="json"),
-                                         lambda: attrflow_row(name, cfg, ds, out_root, labels), args.reuse)
+    colour_rows = [] if args.skip_colour_hidden else [r for r in args.colour_rows.split(",") if r]
+
+    ds_ch = hidden = None
+    if colour_rows:
+        t0 = time.perf_counter()
+        colours = colour_words(ds.vocab["baseColour"].values)
+        spec_path = build_colour_hidden_catalog(home, colours)
+        ds_ch = load_dataset(ingest(load_spec(spec_path)).dataset_dir)
+        hidden = ds_ch.items["id"].map(dict(zip(*_hidden_ids(spec_path)))).fillna(False).astype(bool).to_numpy()
+        same_split = bool((ds_ch.items.set_index("id")["split"] == ds.items.set_index("id")["split"].reindex(ds_ch.items["id"])).all())
+        derive_encodings(ds_ch, ds, text_enc, image_enc)
+        timing["colour-hidden catalog + cache"] = time.perf_counter() - t0
+        results["colour_hidden"] = {
+            "share": 0.5, "seed": 0, "colour_words": colours, "dataset": {"name": ds_ch.name, "version": ds_ch.version},
+            "same_split_as_original": same_split,
+            "masked_test_products": int(hidden[ds_ch.items["split"].to_numpy() == "test"].sum()),
+        }
+        (args.out / "rows" / "colour_hidden.json").write_text(json.dumps(results["colour_hidden"], indent=1))
 
     def stored(prefix: str = "") -> dict[str, dict[str, Any]]:
         found = {}
@@ -531,37 +555,36 @@ def main() -> None:
                 found[n] = json.loads(p.read_text())
         return found
 
-    if not args.skip_colour_hidden:
+    if args.jobs > 1:
         t0 = time.perf_counter()
-        colours = colour_words(ds.vocab["baseColour"].values)
-        spec_path = build_colour_hidden_catalog(home, colours)
-        ds_ch = load_dataset(ingest(load_spec(spec_path)).dataset_dir)
-        hidden = ds_ch.items["id"].map(dict(zip(*_hidden_ids(spec_path)))).fillna(False).astype(bool).to_numpy()
-        same_split = bool((ds_ch.items.set_index("id")["split"] == ds.items.set_index("id")["split"].reindex(ds_ch.items["id"])).all())
-        derive_encodings(ds_ch, ds, base_enc, text_enc, image_enc)
-        timing["colour-hidden catalog + cache"] = time.perf_counter() - t0
-        have = stored()
-        lam_rows = [n for n in have if n.startswith("modality_attention_l")]
-        best_ma = max(lam_rows, key=lambda n: have[n]["validation_f1_macro"]) if lam_rows else "modality_attention_l0.01"
-        labels_ch = {k: v.numpy() for k, v in encode_labels(ds_ch.items, {a: ds_ch.vocab[a] for a in ATTRIBUTES}).items()}
-        for name in args.colour_rows.split(","):
-            src = best_ma if name == "modality_attention" else name
-            fusion, over = ROWS[src]
+        run_lanes(lane_jobs(args, names, colour_rows), args.jobs)
+        timing["rows (%d processes)" % args.jobs] = time.perf_counter() - t0
+    else:
+        if not args.skip_tfidf:
+            tfidf_config = {"vectorizer": "TfidfVectorizer(ngram_range=(1, 2), sublinear_tf=True)", "classifier": "LogisticRegression(C=10, lbfgs)"}
+            _run_row(args.out, "tfidf_lr", tfidf_config, lambda: tfidf_row(ds, labels), args.reuse)
+        out_root = home / "bench" / "quality"
+        for name in names:
+            fusion, over = {**ROWS, **FINETUNE_ROWS}[name]
             cfg = train_config(fusion, over)
-            _run_row(args.out, f"colour_hidden-{src}", cfg.model_dump(mode="json"),
-                     lambda: attrflow_row(src, cfg, ds_ch, home / "bench" / "quality-colour-hidden", labels_ch, masked=hidden), args.reuse)
-        results["colour_hidden"] = {
-            "share": 0.5, "seed": 0, "colour_words": colours, "dataset": {"name": ds_ch.name, "version": ds_ch.version},
-            "same_split_as_original": same_split,
-            "masked_test_products": int(hidden[ds_ch.items["split"].to_numpy() == "test"].sum()),
-        }
-        (args.out / "rows" / "colour_hidden.json").write_text(json.dumps(results["colour_hidden"], indent=1))
+            _run_row(args.out, name, cfg.model_dump(mode="json"), lambda: attrflow_row(name, cfg, ds, out_root, labels), args.reuse)
+        if colour_rows:
+            labels_ch = {k: v.numpy() for k, v in encode_labels(ds_ch.items, {a: ds_ch.vocab[a] for a in ATTRIBUTES}).items()}
+            have = stored()
+            lam_rows = [n for n in have if n.startswith("modality_attention_l")]
+            best_ma = max(lam_rows, key=lambda n: have[n]["validation_f1_macro"]) if lam_rows else "modality_attention_l0"
+            for name in colour_rows:
+                src = best_ma if name == "modality_attention" else name
+                fusion, over = ROWS[src]
+                cfg = train_config(fusion, over)
+                _run_row(args.out, f"colour_hidden-{src}", cfg.model_dump(mode="json"),
+                         lambda: attrflow_row(src, cfg, ds_ch, home / "bench" / "quality-colour-hidden", labels_ch, masked=hidden), args.reuse)
 
     if args.no_report:
         log(f"rows done in {time.perf_counter() - t_all:.0f}s (no report)")
         return
 
-    # The report covers every row stored so far (this run's and earlier --no-report runs').
+    # The report covers every row stored so far (this run's and earlier runs').
     results["rows"] = stored()
     ch_rows = stored("colour_hidden-")
     if ch_rows and (args.out / "rows" / "colour_hidden.json").is_file():
@@ -594,6 +617,57 @@ def main() -> None:
     (args.out / "quality.md").write_text(markdown(results))
     log(f"done in {timing['this run']:.0f}s -> {args.out / 'quality.md'}")
     print(markdown(results))
+
+
+# --- running rows side by side -----------------------------------------------------------------------
+
+# Longest first, so the two lanes finish together (seconds measured on the 2-core reference machine).
+_ROW_COST = {"concat": 520, "modality_attention": 450, "cross_attention": 400, "tfidf_lr": 300, "image": 260, "late": 260, "text": 140}
+
+
+@dataclass
+class LaneJob:
+    name: str
+    command: list[str]
+    after: set[str] = field(default_factory=set)  # jobs that must finish first
+
+
+def lane_jobs(args: argparse.Namespace, names: list[str], colour_rows: list[str]) -> list[LaneJob]:
+    """One child process of this script per row: `--jobs 1 --threads 1 --no-report`."""
+    base = [sys.executable, str(Path(__file__).resolve()), "--jobs", "1", "--threads", "1", "--no-report", "--out", str(args.out)]
+    if args.reuse:
+        base.append("--reuse")
+    jobs = [LaneJob(n, [*base, "--rows", n, "--skip-tfidf", "--skip-colour-hidden"]) for n in names]
+    if not args.skip_tfidf:
+        jobs.append(LaneJob("tfidf_lr", [*base, "--rows", "none", "--skip-colour-hidden"]))
+    jobs.sort(key=lambda j: -next((c for k, c in _ROW_COST.items() if j.name.startswith(k)), 300))
+    lambdas = {n for n in names if n.startswith("modality_attention_l")}
+    for n in colour_rows:  # the colour-hidden modality_attention row takes the best lambda: after those rows
+        jobs.append(LaneJob(f"colour_hidden-{n}", [*base, "--rows", "none", "--skip-tfidf", "--colour-rows", n],
+                            after=lambdas if n == "modality_attention" else set()))
+    return jobs
+
+
+def run_lanes(jobs: list[LaneJob], lanes: int) -> None:
+    """Run the jobs, at most `lanes` at a time, each job once its `after` jobs are done; their
+    output goes to bench/results/rows/ (and the console, prefixed). A failed job fails the run."""
+    pending, running, done = list(jobs), {}, set()
+    while pending or running:
+        for job in [j for j in pending if j.after <= done][: lanes - len(running)]:
+            log(f"start {job.name}")
+            running[job.name] = (job, subprocess.Popen(job.command), time.perf_counter())
+            pending.remove(job)
+        time.sleep(2)
+        for name, (job, proc, started) in list(running.items()):
+            if proc.poll() is None:
+                continue
+            del running[name]
+            if proc.returncode != 0:
+                for _, other, _ in running.values():
+                    other.terminate()
+                raise SystemExit(f"row {name} failed (exit {proc.returncode}): {' '.join(job.command)}")
+            done.add(name)
+            log(f"finished {name} in {time.perf_counter() - started:.0f}s")
 
 
 def _hidden_ids(spec_path: Path) -> tuple[list[str], list[bool]]:

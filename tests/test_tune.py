@@ -17,9 +17,17 @@ TINY = {
         "text": {"name": "tiny-random", "max_length": 24},
         "image": {"name": "tiny-random", "image_size": [32, 32]},
         "head": {"hidden": 16},
+        "lexical": {"buckets": 256, "dim": 8},  # kept for text-reading fusions, dropped for cross_attention
     },
     "training": {"batch_size": 32, "patience": 10},
 }
+
+
+def test_trial_configs_keep_the_lexical_channel_only_where_the_fusion_reads_pooled_text(tmp_path):
+    spec = load_search(_search_file(tmp_path / "s.yaml", parameters={"fusion": {"type": "choice", "values": ["text", "image", "cross_attention"]}}))
+    assert build_train_config(spec, {"fusion": "text"}).model.lexical.dim == 8
+    assert build_train_config(spec, {"fusion": "image"}).model.lexical is None
+    assert build_train_config(spec, {"fusion": "cross_attention"}).model.lexical is None
 
 
 def _search_file(path, **changes) -> str:

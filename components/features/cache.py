@@ -13,12 +13,14 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
+import scipy.sparse as sp
 import torch
 from safetensors.torch import load_file, save_file
 from torch.utils.data import DataLoader
 from tqdm import tqdm
 
 from components.catalog.dataset import Dataset
+from components.features.lexical import LexicalBatch, hashed_ngrams, product_texts
 from components.features.preprocess import collate_fn, records
 from components.models.encoders import ImageEncoder, TextEncoder
 from components.models.fusion import Features
@@ -35,6 +37,7 @@ class Encodings:
     text_tokens: torch.Tensor | None = None  # (N, T, Dt) float16
     text_mask: torch.Tensor | None = None  # (N, T) bool
     image_tokens: torch.Tensor | None = None  # (N, R, Di) float16
+    lexical: sp.csr_matrix | None = None  # (N, N_HASHES) hashed n-grams; recomputed on load, never stored
 
     def __len__(self) -> int:
         return len(self.text)
@@ -57,7 +60,12 @@ class Encodings:
             text_tokens=take(self.text_tokens),
             text_mask=take(self.text_mask),
             image_tokens=take(self.image_tokens),
+            lexical=None if self.lexical is None else LexicalBatch.from_rows(self.lexical, index).to(device),
         )
+
+    def tensors(self) -> dict[str, torch.Tensor]:
+        """What the cache file stores."""
+        return {k: v for k, v in vars(self).items() if isinstance(v, torch.Tensor)}
 
 
 def cache_path(dataset: Dataset, text: TextEncoder, image: ImageEncoder, with_tokens: bool, home: Path | None = None) -> Path:
@@ -78,21 +86,29 @@ def cached_encodings(
     """Load the dataset's encodings from the cache, computing and storing them on a miss."""
     path = cache_path(dataset, text, image, with_tokens)
     token_path = cache_path(dataset, text, image, True)
+    lexical = hashed_ngrams(product_texts(dataset.items["title"].tolist(), dataset.items["description"].tolist()))
     for candidate in ([path] if with_tokens else [path, token_path]):
         if candidate.is_file():
-            enc = Encodings(**load_file(str(candidate)))
+            enc = Encodings(**load_file(str(candidate)), lexical=lexical)
             if not with_tokens:
                 enc.text_tokens = enc.text_mask = enc.image_tokens = None
             return enc
     start = time.perf_counter()
     enc = encode_items(dataset, text, image, with_tokens, batch_size, device, progress)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(f".tmp{os.getpid()}")
-    save_file({k: v for k, v in vars(enc).items() if v is not None}, str(tmp))
-    tmp.replace(path)  # atomic: concurrent runs never read half a file
+    enc.lexical = lexical
+    _save(enc.tensors(), path)
+    if with_tokens:  # the pooled part on its own too: pooled-only readers need not load the token vectors
+        _save({k: enc.tensors()[k] for k in ("text", "image", "has_image")}, cache_path(dataset, text, image, False))
     if progress:
         print(f"cached {len(enc)} encodings in {time.perf_counter() - start:.1f}s -> {path}")
     return enc
+
+
+def _save(tensors: dict[str, torch.Tensor], path: Path) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(f".tmp{os.getpid()}")
+    save_file(tensors, str(tmp))
+    tmp.replace(path)  # atomic: concurrent runs never read half a file
 
 
 @torch.no_grad()
@@ -108,7 +124,7 @@ def encode_items(
     text.eval().to(device)
     image.eval().to(device)
     loader = DataLoader(records(dataset.items), batch_size=batch_size, collate_fn=collate_fn(text, image))
-    parts: dict[str, list[torch.Tensor]] = {k: [] for k in Encodings.__dataclass_fields__}
+    parts: dict[str, list[torch.Tensor]] = {k: [] for k in Encodings.__dataclass_fields__ if k != "lexical"}
     for batch in tqdm(loader, desc="encoding", unit="batch", disable=not progress, mininterval=2.0):
         batch = {k: v.to(device) for k, v in batch.items()}
         t = text(**{k: batch[k] for k in ("input_ids", "attention_mask", "token_type_ids") if k in batch})

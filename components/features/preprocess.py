@@ -9,6 +9,7 @@ import numpy as np
 import pandas as pd
 import torch
 
+from components.features.lexical import LexicalBatch, hashed_ngrams, product_texts
 from components.models.encoders import ImageEncoder, TextEncoder, load_image
 
 
@@ -18,11 +19,11 @@ def collate_fn(
     """A DataLoader collate function: a list of product records -> one model batch."""
 
     def collate(records: Sequence[dict[str, Any]]) -> dict[str, torch.Tensor]:
-        batch = text_encoder.tokenize(
-            [r.get("title") or "" for r in records], [r.get("description") or "" for r in records]
-        )
+        titles, descriptions = [r.get("title") or "" for r in records], [r.get("description") or "" for r in records]
+        batch = text_encoder.tokenize(titles, descriptions)
         pixels, has_image = image_encoder.preprocess([load_image(r.get("image_path")) for r in records])
         batch.update(pixels=pixels, has_image=has_image)
+        batch.update(LexicalBatch.from_rows(hashed_ngrams(product_texts(titles, descriptions))).as_dict())
         if "index" in records[0]:
             batch["index"] = torch.tensor([r["index"] for r in records])
         return batch

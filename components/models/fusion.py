@@ -17,6 +17,7 @@ import torch
 from pydantic import BaseModel, ConfigDict, Field
 from torch import nn
 
+from components.features.lexical import LexicalBatch
 from components.models.heads import HeadConfig, Heads, HeadSpec
 
 
@@ -30,6 +31,7 @@ class Features:
     text_tokens: torch.Tensor | None = None  # (B, T, Dt)
     text_mask: torch.Tensor | None = None  # (B, T) bool, True for real tokens
     image_tokens: torch.Tensor | None = None  # (B, R, Di)
+    lexical: LexicalBatch | None = None  # hashed n-grams; the model appends their embedding to `text`
 
 
 @dataclass

@@ -7,13 +7,15 @@ timm-style: `forward_features` runs the encoders, `forward_head` the fusion and 
 from __future__ import annotations
 
 import json
+from dataclasses import replace
 from pathlib import Path
 
 import torch
-from pydantic import BaseModel, ConfigDict
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 from safetensors.torch import load_file, save_file
 from torch import nn
 
+from components.features.lexical import N_HASHES, LexicalBatch
 from components.models.encoders import ImageEncoder, ImageEncoderConfig, TextEncoder, TextEncoderConfig
 from components.models.fusion import (
     Features,
@@ -21,8 +23,22 @@ from components.models.fusion import (
     FusionOutput,
     ModalityAttentionConfig,
     create_fusion,
+    fusion_needs_tokens,
 )
 from components.models.heads import HeadConfig, HeadSpec, probabilities
+
+
+class LexicalConfig(BaseModel):
+    """A learned embedding of the text's hashed word 1-2 grams, appended to the text vector
+    (components.features.lexical): keeps exact words that the sentence encoder blurs."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    buckets: int = Field(2**17, ge=1, le=N_HASHES)  # hashed ids are folded into this many rows
+    dim: int = Field(64, ge=1)
+    # Training only: hide each n-gram with this probability. Nearly every title has a unique
+    # bigram, so without it the embedding memorises training products and grows overconfident.
+    dropout: float = Field(0.0, ge=0, lt=1)
 
 
 class ModelConfig(BaseModel):
@@ -32,7 +48,29 @@ class ModelConfig(BaseModel):
     image: ImageEncoderConfig = ImageEncoderConfig()
     fusion: FusionConfig = ModalityAttentionConfig()
     head: HeadConfig = HeadConfig()
+    lexical: LexicalConfig | None = None  # off by default
     attributes: list[str] | None = None  # which dataset attributes to predict; None = all
+
+    @model_validator(mode="after")
+    def _lexical_needs_pooled_text(self) -> ModelConfig:
+        if self.lexical is not None and (self.fusion.name == "image" or fusion_needs_tokens(self.fusion.name)):
+            raise ValueError(f"lexical: fusion {self.fusion.name!r} does not read the pooled text vector the lexical channel extends")
+        return self
+
+
+class LexicalEmbedding(nn.Module):
+    def __init__(self, config: LexicalConfig):
+        super().__init__()
+        self.buckets, self.dropout = config.buckets, config.dropout
+        self.bag = nn.EmbeddingBag(config.buckets, config.dim, mode="sum")
+        nn.init.normal_(self.bag.weight, std=0.02)
+        self.norm = nn.LayerNorm(config.dim)  # on the same scale as the sentence embedding, whatever the n-gram count
+
+    def forward(self, x: LexicalBatch) -> torch.Tensor:
+        weights = x.weights
+        if self.training and self.dropout > 0:
+            weights = weights * (torch.rand_like(weights) >= self.dropout)
+        return self.norm(self.bag(x.ids % self.buckets, x.offsets, per_sample_weights=weights))
 
 
 class Vocab(BaseModel):
@@ -50,8 +88,10 @@ class AttributeModel(nn.Module):
         self.specs = [HeadSpec(name, v.kind, len(v.values)) for name, v in vocab.items()]  # type: ignore[arg-type]
         self.text_encoder = TextEncoder(config.text)
         self.image_encoder = ImageEncoder(config.image)
+        self.lexical = LexicalEmbedding(config.lexical) if config.lexical is not None else None
+        text_dim = self.text_encoder.dim + (config.lexical.dim if config.lexical is not None else 0)
         self.fusion = create_fusion(
-            config.fusion, self.text_encoder.dim, self.image_encoder.dim, self.specs, config.head,
+            config.fusion, text_dim, self.image_encoder.dim, self.specs, config.head,
             image_token_dim=self.image_encoder.token_dim,
         )
 
@@ -73,9 +113,14 @@ class AttributeModel(nn.Module):
             text_tokens=t.tokens if self.needs_tokens else None,
             text_mask=t.mask if self.needs_tokens else None,
             image_tokens=i.tokens * keep[:, :, None] if self.needs_tokens else None,
+            lexical=LexicalBatch.from_dict(batch) if self.lexical is not None else None,
         )
 
     def forward_head(self, features: Features) -> FusionOutput:
+        if self.lexical is not None:
+            if features.lexical is None:
+                raise ValueError("this model has a lexical channel: its features need the hashed n-grams (Features.lexical)")
+            features = replace(features, text=torch.cat([features.text, self.lexical(features.lexical)], dim=-1))
         return self.fusion(features)
 
     def forward(self, batch: dict[str, torch.Tensor]) -> FusionOutput:

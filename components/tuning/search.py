@@ -514,5 +514,5 @@ def _derive_cache(spec: SearchSpec, cfg, dataset: Dataset, derived: Dataset) -> 
                                             np.flatnonzero(dataset.items["split"].to_numpy() == "validation")]))
     target.parent.mkdir(parents=True, exist_ok=True)
     tmp = target.with_suffix(f".tmp{os.getpid()}")
-    save_file({k: v[order].contiguous() for k, v in vars(enc).items() if v is not None}, str(tmp))
+    save_file({k: v[order].contiguous() for k, v in enc.tensors().items()}, str(tmp))
     tmp.replace(target)

@@ -24,6 +24,7 @@ from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Discriminator, Field, Tag, ValidationError, model_validator
 
+from components.models.fusion import fusion_needs_tokens
 from components.training.trainer import TrainConfig, _deep_update, load_train_config
 from components.yaml_files import describe_errors, read_yaml_mapping
 
@@ -233,6 +234,8 @@ def build_train_config(spec: SearchSpec, params: dict[str, Any]) -> TrainConfig:
     fusion = params.get("fusion", model["fusion"]["name"])
     if model["fusion"]["name"] != fusion:  # the base's fusion settings belong to its fusion only
         model["fusion"] = {"name": fusion}
+    if fusion == "image" or fusion_needs_tokens(fusion):  # these read no pooled text: no lexical channel
+        model["lexical"] = None
     if fusion == "modality_attention" and params.get("lambda_kl") is not None:
         model["fusion"]["lambda_kl"] = params["lambda_kl"]
     if params.get("head_hidden") is not None:
