@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 
+import numpy as np
 import pytest
 import torch
 from conftest import REPO
@@ -17,7 +18,7 @@ from components.evaluation.evaluate import evaluate
 from components.features.cache import cache_path
 from components.models.encoders import TextEncoder
 from components.models.model import load_model, load_thresholds
-from components.predict import predict_product
+from components.predict import predict_items, predict_product
 from components.training.trainer import TrainConfig, load_train_config, train
 
 TINY = {"text": {"name": "tiny-random", "max_length": 24}, "image": {"name": "tiny-random", "image_size": [32, 32]}}
@@ -120,10 +121,12 @@ def test_shipped_model_configs_are_valid():
 
 @pytest.mark.slow
 def test_real_default_encoders_train_fine_tune_and_predict(tmp_path, demo_dataset):
-    """The offline default encoders (MiniLM + EfficientNet-Lite0), fine-tuned a few steps end to end."""
+    """The offline default encoders (MiniLM + EfficientNet-Lite0) and the lexical channel,
+    fine-tuned a few steps end to end."""
     config = TrainConfig.model_validate(
         {
-            "model": {"image": {"image_size": [64, 64]}, "fusion": {"name": "modality_attention"}},
+            "model": {"image": {"image_size": [64, 64]}, "fusion": {"name": "modality_attention"},
+                      "lexical": {"buckets": 4096, "dim": 16, "dropout": 0.2}},
             "training": {"frozen": False, "epochs": 1, "batch_size": 32},
         }
     )
@@ -132,6 +135,11 @@ def test_real_default_encoders_train_fine_tune_and_predict(tmp_path, demo_datase
     model = load_model(result.model_dir)
     after = model.text_encoder.state_dict()
     assert any(not torch.equal(before[k], after[k]) for k in before)  # the encoder was trained
+    # The n-grams reach the prediction on this path too: other lexical weights, other scores.
+    rows = demo_dataset.items.iloc[:4]
+    before_probs = predict_items(model, rows).probs["category"]
+    torch.nn.init.normal_(model.lexical.bag.weight, std=1.0)
+    assert not np.allclose(predict_items(model, rows).probs["category"], before_probs)
     image = demo_dataset.items.dropna(subset=["image_path"]).iloc[0]
     out = predict_product(result.model_dir, title=image["title"], image=image["image_path"])
     assert set(out["attributes"]) == {"category", "colour", "material", "pattern"}

@@ -98,7 +98,6 @@ def multilabel_metrics(
     if Y.shape[0] == 0:
         return _empty(None)
     pred = (probs >= threshold).astype(int)
-    truth = Y == 1
     return {
         "accuracy": None,  # exact-set accuracy is not comparable with multiclass accuracy
         **_f1s(Y, pred),

@@ -1,0 +1,72 @@
+"""The Ray side of a search: a local instance or a cluster connection, and what the workers need.
+
+    with ray_session():                        # local Ray on this machine's cores, shut down after
+    with ray_session("ray://head:10001"):      # an existing cluster
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+from components.settings import get_settings
+
+# Ray must not phone home, start a dashboard or write TensorBoard files for every trial.
+RAY_ENV = {
+    "RAY_USAGE_STATS_ENABLED": "0",
+    "RAY_USAGE_STATS_PROMPT_ENABLED": "0",
+    "TUNE_DISABLE_AUTO_CALLBACK_LOGGERS": "1",
+    "RAY_AIR_NEW_OUTPUT": "1",
+    "RAY_ENABLE_UV_RUN_RUNTIME_ENV": "0",
+}
+
+
+def worker_env(home: Path | None = None) -> dict[str, str]:
+    """What the trial workers need: ATTRFLOW_HOME as an absolute path, offline hubs, quiet Ray."""
+    home = Path(home or get_settings().home).resolve()
+    env = {**RAY_ENV, "ATTRFLOW_HOME": str(home), "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1"}
+    for name in ("ATTRFLOW_DB_URL", "ATTRFLOW_FASHION_DIR"):
+        if os.environ.get(name):
+            env[name] = os.environ[name]
+    return env
+
+
+@contextmanager
+def ray_session(address: str | None = None, env: dict[str, str] | None = None) -> Iterator[None]:
+    """A local Ray instance (all CPUs, no dashboard) started here and shut down after, or a
+    connection to the cluster at `address` (ray://host:10001 or auto). Reuses one already up."""
+    for k, v in RAY_ENV.items():
+        os.environ.setdefault(k, v)
+    import ray
+
+    if ray.is_initialized():
+        yield
+        return
+    runtime_env = {"env_vars": env or worker_env()}
+    if address:
+        ray.init(address=address, runtime_env=runtime_env, log_to_driver=True)
+    else:
+        ray.init(num_cpus=os.cpu_count(), include_dashboard=False, runtime_env=runtime_env, log_to_driver=True)
+    try:
+        yield
+    finally:
+        ray.shutdown()
+
+
+def gpus_available() -> bool:
+    import ray
+
+    if ray.is_initialized() and ray.cluster_resources().get("GPU", 0) > 0:
+        return True
+    import torch
+
+    return torch.cuda.is_available()
+
+
+def ray_client() -> bool:
+    """Connected through Ray Client (ray://)? Then Tune's driver loop runs on the cluster's head."""
+    import ray
+
+    return bool(ray.util.client.ray.is_connected())
