@@ -44,7 +44,9 @@ ui: setup  ## a local Prefect server + UI (http://127.0.0.1:$(UI_PORT)) serving 
 clean:
 	rm -rf $(VENV) .attrflow .pytest_cache
 
-bench: bench-quality bench-tune  ## every benchmark; results in bench/results/ (JSON + markdown)
+bench: setup  ## every benchmark, in order (the search reuses the quality run's cache); results in bench/results/
+	$(MAKE) bench-quality
+	$(MAKE) bench-tune
 
 bench-quality: setup  ## the quality benchmark on the real fashion catalog (bench/quality.py; docs/results.md)
 	$(BIN)/python bench/quality.py

@@ -1,7 +1,8 @@
 """Quality benchmark on the real fashion catalog.
 
-    make bench-quality                      # everything frozen (the default run)
+    make bench-quality                      # everything frozen (the default run), rows in 2 processes
     .venv/bin/python bench/quality.py --rows text,concat --skip-colour-hidden
+    .venv/bin/python bench/quality.py --reuse      # recompute only rows whose config changed, then report
     .venv/bin/python bench/quality.py --finetune   # + the optional full fine-tuning rows (slow on CPU)
 
 Ingests ../shared/data/fashion-product-images-small/ with configs/catalogs/fashion.yaml, then on
@@ -143,6 +144,8 @@ def encoders() -> tuple[TextEncoder, ImageEncoder]:
 
 # --- the bar: TF-IDF + logistic regression ------------------------------------------------------
 
+TFIDF_CONFIG = {"vectorizer": "TfidfVectorizer(ngram_range=(1, 2), sublinear_tf=True)", "classifier": "LogisticRegression(C=10, lbfgs)"}
+
 def tfidf_row(ds: Dataset, labels: dict[str, np.ndarray], probs_path: Path) -> dict[str, Any]:
     """Fit and score the bar; its test probabilities go to `probs_path` (for the paired bootstrap)."""
     from sklearn.feature_extraction.text import TfidfVectorizer
@@ -173,7 +176,7 @@ def tfidf_row(ds: Dataset, labels: dict[str, np.ndarray], probs_path: Path) -> d
     probs_path.parent.mkdir(parents=True, exist_ok=True)
     np.savez_compressed(probs_path, **test_probs)
     out["items_per_second"] = len(tr) * len(ATTRIBUTES) / out["train_seconds"]
-    out["config"] = {"vectorizer": "TfidfVectorizer(ngram_range=(1, 2), sublinear_tf=True)", "classifier": "LogisticRegression(C=10, lbfgs)"}
+    out["config"] = TFIDF_CONFIG
     return out
 
 
@@ -341,7 +344,7 @@ def plot_modality_weights(weights: dict[str, dict[str, np.ndarray]], path: Path)
     fig.savefig(path)
 
 
-def test_probs(model_dir: Path, ds: Dataset) -> dict[str, np.ndarray]:
+def test_probabilities(model_dir: Path, ds: Dataset) -> dict[str, np.ndarray]:
     model = load_model(model_dir)
     te = np.flatnonzero(ds.items["split"].to_numpy() == "test")
     enc = cached_encodings(ds, model.text_encoder, model.image_encoder, model.needs_tokens, progress=False)
@@ -442,24 +445,46 @@ def markdown(results: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
+def best_single_and_multimodal(rows: dict[str, Any]) -> tuple[str | None, str | None]:
+    """The single-modality and the multimodal attrflow rows with the best validation macro-F1."""
+    def best(names):
+        return max(names, key=lambda n: rows[n]["validation_f1_macro"], default=None)
+
+    single = best([n for n in ("text", "image") if n in rows])
+    return single, best([n for n in rows if n in ROWS and n not in ("text", "image")])
+
+
 def paired_bootstrap(probs_a: np.ndarray, probs_b: np.ndarray, y: np.ndarray, n: int = 500, seed: int = 0) -> dict[str, list[float]]:
     """95 % interval of metric(a) - metric(b) when the test products are resampled with
     replacement (the same resample for both models): how far the difference is from noise."""
+    from sklearn.metrics import f1_score
+
+    from components.evaluation.metrics import r_at_p, ranking
+
+    keep = y >= 0
+    probs_a, probs_b, y = probs_a[keep], probs_b[keep], y[keep]
+
+    def scores(p: np.ndarray, yy: np.ndarray) -> dict[str, float]:  # the two target metrics, as attribute_metrics computes them
+        return {"f1_macro": f1_score(yy, p.argmax(1), average="macro", zero_division=0), "r_at_p95": r_at_p(*ranking(p, yy, "multiclass"))}
+
     rng = np.random.default_rng(seed)
     diffs: dict[str, list[float]] = {"f1_macro": [], "r_at_p95": []}
     for _ in range(n):
         i = rng.integers(0, len(y), len(y))
-        ma, mb = attribute_metrics(probs_a[i], y[i], "multiclass"), attribute_metrics(probs_b[i], y[i], "multiclass")
+        ma, mb = scores(probs_a[i], y[i]), scores(probs_b[i], y[i])
         for m, d in diffs.items():
             d.append(ma[m] - mb[m])
     return {m: [float(np.percentile(d, 2.5)), float(np.percentile(d, 97.5))] for m, d in diffs.items()}
 
 
-def _compare(rows, a: str, b: str, metric: str, probs: dict, y_test: dict) -> dict[str, Any]:
+def _compare(rows, a: str, b: str, metric: str, intervals) -> dict[str, Any]:
+    """Row a minus row b on `metric` per attribute; `intervals(a, b, attribute)` gives the
+    bootstrap intervals (None when the rows' test probabilities are not at hand)."""
     diff = {attr: rows[a]["attributes"][attr][metric] - rows[b]["attributes"][attr][metric] for attr in ATTRIBUTES}
     out: dict[str, Any] = {"met": all(d > 0 for d in diff.values()), "diff": diff}
-    if a in probs and b in probs:
-        out["ci95"] = {attr: paired_bootstrap(probs[a][attr], probs[b][attr], y_test[attr])[metric] for attr in ATTRIBUTES}
+    ci = {attr: intervals(a, b, attr) for attr in ATTRIBUTES}
+    if all(v is not None for v in ci.values()):
+        out["ci95"] = {attr: v[metric] for attr, v in ci.items()}
     out["detail"] = ", ".join(f"{attr} {d:+.3f}" + (" [{:+.3f}, {:+.3f}]".format(*out["ci95"][attr]) if "ci95" in out else "")
                               for attr, d in diff.items())
     return out
@@ -469,15 +494,21 @@ def check_targets(results: dict[str, Any], probs: dict[str, dict[str, np.ndarray
     """Each target with the per-attribute differences and, where both rows' test probabilities
     are at hand, their paired-bootstrap 95 % intervals."""
     rows = results["rows"]
+    memo: dict[tuple[str, str, str], dict[str, list[float]]] = {}
+
+    def intervals(a: str, b: str, attr: str) -> dict[str, list[float]] | None:
+        if a not in probs or b not in probs:
+            return None
+        if (a, b, attr) not in memo:  # one resampling gives both metrics
+            memo[a, b, attr] = paired_bootstrap(probs[a][attr], probs[b][attr], y_test[attr])
+        return memo[a, b, attr]
+
     out = {}
     for metric in ("f1_macro", "r_at_p95"):
-        out[f"best beats TF-IDF+LR on {metric}"] = _compare(rows, results["best"], "tfidf_lr", metric, probs, y_test)
-    single = [n for n in ("text", "image") if n in rows]
-    multi = [n for n in rows if n not in single and n != "tfidf_lr" and not n.startswith("finetune")]
+        out[f"best beats TF-IDF+LR on {metric}"] = _compare(rows, results["best"], "tfidf_lr", metric, intervals)
+    single, multi = best_single_and_multimodal(rows)
     if single and multi:
-        bs = max(single, key=lambda n: rows[n]["validation_f1_macro"])
-        bm = max(multi, key=lambda n: rows[n]["validation_f1_macro"])
-        out[f"best multimodal ({bm}) beats best single-modality ({bs}) on f1_macro"] = _compare(rows, bm, bs, "f1_macro", probs, y_test)
+        out[f"best multimodal ({multi}) beats best single-modality ({single}) on f1_macro"] = _compare(rows, multi, single, "f1_macro", intervals)
     ch = results.get("colour_hidden")
     if ch and "text" in ch["rows"]:
         multi = [n for n in ch["rows"] if n not in ("text", "image")]
@@ -505,7 +536,9 @@ def _run_row(out: Path, name: str, config: dict[str, Any], fn, reuse: bool) -> d
     row = strip_private(fn())
     row["wall_seconds"] = time.perf_counter() - start
     path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps(row, indent=1, default=float))
+    tmp = path.with_suffix(f".tmp{os.getpid()}")  # rows are read while other processes write theirs
+    tmp.write_text(json.dumps(row, indent=1, default=float))
+    tmp.replace(path)
     return row
 
 
@@ -533,6 +566,9 @@ def main() -> None:
                     "each (default 2: one per core of the reference machine); 1 = one after another in this process")
     ap.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's choice)")
     ap.add_argument("--out", type=Path, default=RESULTS)
+    # Set by the parent for its lane processes: the already ingested dataset folders.
+    ap.add_argument("--dataset", type=Path, default=None, help=argparse.SUPPRESS)
+    ap.add_argument("--colour-dataset", type=Path, default=None, help=argparse.SUPPRESS)
     args = ap.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -542,7 +578,7 @@ def main() -> None:
     timing: dict[str, float] = {}
 
     t0 = time.perf_counter()
-    ds = load_dataset(ingest(load_spec(SPEC)).dataset_dir)
+    ds = load_dataset(args.dataset or ingest(load_spec(SPEC)).dataset_dir)
     timing["ingest"] = time.perf_counter() - t0
     log(f"dataset {ds.name}/{ds.version}: {ds.manifest['counts']['splits']}")
     labels = {k: v.numpy() for k, v in encode_labels(ds.items, {a: ds.vocab[a] for a in ATTRIBUTES}).items()}
@@ -573,7 +609,7 @@ def main() -> None:
         t0 = time.perf_counter()
         colours = colour_words(ds.vocab["baseColour"].values)
         spec_path = build_colour_hidden_catalog(home, colours)
-        ds_ch = load_dataset(ingest(load_spec(spec_path)).dataset_dir)
+        ds_ch = load_dataset(args.colour_dataset or ingest(load_spec(spec_path)).dataset_dir)
         hidden = ds_ch.items["id"].map(dict(zip(*_hidden_ids(spec_path)))).fillna(False).astype(bool).to_numpy()
         same_split = bool((ds_ch.items.set_index("id")["split"] == ds.items.set_index("id")["split"].reindex(ds_ch.items["id"])).all())
         derive_encodings(ds_ch, ds, text_enc, image_enc)
@@ -585,22 +621,28 @@ def main() -> None:
         }
         (args.out / "rows" / "colour_hidden.json").write_text(json.dumps(results["colour_hidden"], indent=1))
 
-    def stored(prefix: str = "") -> dict[str, dict[str, Any]]:
+    def stored(prefix: str = "", names: list[str] | None = None) -> dict[str, dict[str, Any]]:
+        """Rows in bench/results/rows/ made with this script's current config (others are stale)."""
         found = {}
-        for n in ["tfidf_lr", *ROWS, *FINETUNE_ROWS]:
+        attributes = COLOUR_ATTRIBUTES if prefix else ATTRIBUTES
+        for n in names or ["tfidf_lr", *ROWS, *FINETUNE_ROWS]:
             p = args.out / "rows" / f"{prefix}{n}.json"
-            if p.is_file():
-                found[n] = json.loads(p.read_text())
+            if not p.is_file():
+                continue
+            row = json.loads(p.read_text())
+            current = TFIDF_CONFIG if n == "tfidf_lr" else train_config(*{**ROWS, **FINETUNE_ROWS}[n], attributes).model_dump(mode="json")
+            if row.get("config") == current:
+                found[n] = row
         return found
 
     if args.jobs > 1:
         t0 = time.perf_counter()
-        run_lanes(lane_jobs(args, names, colour_rows), args.jobs)
+        datasets = ["--dataset", str(ds.path)] + (["--colour-dataset", str(ds_ch.path)] if ds_ch is not None else [])
+        run_lanes(lane_jobs(args, names, colour_rows, datasets), args.jobs)
         timing["rows (%d processes)" % args.jobs] = time.perf_counter() - t0
     else:
         if not args.skip_tfidf:
-            tfidf_config = {"vectorizer": "TfidfVectorizer(ngram_range=(1, 2), sublinear_tf=True)", "classifier": "LogisticRegression(C=10, lbfgs)"}
-            _run_row(args.out, "tfidf_lr", tfidf_config, lambda: tfidf_row(ds, labels, home / TFIDF_PROBS), args.reuse)
+                _run_row(args.out, "tfidf_lr", TFIDF_CONFIG, lambda: tfidf_row(ds, labels, home / TFIDF_PROBS), args.reuse)
         out_root = home / "bench" / "quality"
         for name in names:
             fusion, over = {**ROWS, **FINETUNE_ROWS}[name]
@@ -608,8 +650,8 @@ def main() -> None:
             _run_row(args.out, name, cfg.model_dump(mode="json"), lambda: attrflow_row(name, cfg, ds, out_root, labels), args.reuse)
         if colour_rows:
             labels_ch = {k: v.numpy() for k, v in encode_labels(ds_ch.items, {a: ds_ch.vocab[a] for a in ATTRIBUTES}).items()}
-            have = stored()
-            lam_rows = [n for n in have if n.startswith("modality_attention_l")]
+            have = stored(names=[n for n in ROWS if n.startswith("modality_attention_l")])
+            lam_rows = list(have)
             best_ma = max(lam_rows, key=lambda n: have[n]["validation_f1_macro"]) if lam_rows else "modality_attention_l0"
             for name in colour_rows:
                 src = best_ma if name == "modality_attention" else name
@@ -624,7 +666,9 @@ def main() -> None:
 
     # The report covers every row stored so far (this run's and earlier runs').
     results["rows"] = stored()
-    ch_rows = stored("colour_hidden-")
+    lambdas = [n for n in results["rows"] if n.startswith("modality_attention_l")]
+    best_ma = max(lambdas, key=lambda n: results["rows"][n]["validation_f1_macro"], default=None)
+    ch_rows = {n: r for n, r in stored("colour_hidden-").items() if not n.startswith("modality_attention_l") or n == best_ma}
     if ch_rows and (args.out / "rows" / "colour_hidden.json").is_file():
         results["colour_hidden"] = {**json.loads((args.out / "rows" / "colour_hidden.json").read_text()), "rows": ch_rows}
     attrflow_rows = [n for n in results["rows"] if n in ROWS]
@@ -651,8 +695,7 @@ def main() -> None:
         results["row_seconds"].update({f"colour_hidden-{n}": r.get("wall_seconds", r.get("train_seconds")) for n, r in ch_rows.items()})
     if "tfidf_lr" in results["rows"]:
         rows = results["rows"]
-        single = max((n for n in ("text", "image") if n in rows), key=lambda n: rows[n]["validation_f1_macro"], default=None)
-        probs = {n: test_probs(Path(rows[n]["model_dir"]), ds) for n in {results["best"], single} if n}
+        probs = {n: test_probabilities(Path(rows[n]["model_dir"]), ds) for n in {results["best"], *best_single_and_multimodal(rows)} if n}
         if (home / TFIDF_PROBS).is_file():
             probs["tfidf_lr"] = dict(np.load(home / TFIDF_PROBS))
         te = ds.items["split"].to_numpy() == "test"
@@ -666,8 +709,8 @@ def main() -> None:
 
 # --- running rows side by side -----------------------------------------------------------------------
 
-# Longest first, so the two lanes finish together (seconds measured on the 2-core reference machine).
-_ROW_COST = {"concat": 520, "modality_attention": 450, "cross_attention": 400, "tfidf_lr": 300, "image": 260, "late": 260, "text": 140}
+# Longest first, so the lanes finish together (rough seconds per row in a lane on the 2-core reference machine).
+_ROW_COST = {"modality_attention": 450, "concat": 420, "late": 415, "cross_attention": 360, "image": 255, "text": 220, "tfidf_lr": 150}
 
 
 @dataclass
@@ -677,9 +720,11 @@ class LaneJob:
     after: set[str] = field(default_factory=set)  # jobs that must finish first
 
 
-def lane_jobs(args: argparse.Namespace, names: list[str], colour_rows: list[str]) -> list[LaneJob]:
-    """One child process of this script per row: `--jobs 1 --threads 1 --no-report`."""
-    base = [sys.executable, str(Path(__file__).resolve()), "--jobs", "1", "--threads", "1", "--no-report", "--out", str(args.out)]
+def lane_jobs(args: argparse.Namespace, names: list[str], colour_rows: list[str], datasets: list[str]) -> list[LaneJob]:
+    """One child process of this script per row: `--jobs 1 --threads 1 --no-report`, given the
+    ingested dataset folders (`datasets`: --dataset DIR [--colour-dataset DIR])."""
+    base = [sys.executable, str(Path(__file__).resolve()), "--jobs", "1", "--threads", "1", "--no-report",
+            "--out", str(args.out), *datasets]
     if args.reuse:
         base.append("--reuse")
     jobs = [LaneJob(n, [*base, "--rows", n, "--skip-tfidf", "--skip-colour-hidden"]) for n in names]
@@ -693,26 +738,38 @@ def lane_jobs(args: argparse.Namespace, names: list[str], colour_rows: list[str]
     return jobs
 
 
-def run_lanes(jobs: list[LaneJob], lanes: int) -> None:
-    """Run the jobs, at most `lanes` at a time, each job once its `after` jobs are done; their
-    output goes to bench/results/rows/ (and the console, prefixed). A failed job fails the run."""
+def run_lanes(jobs: list[LaneJob], lanes: int, poll_s: float = 2.0) -> None:
+    """Run the jobs, at most `lanes` at a time, each once its `after` jobs are done (they write
+    bench/results/rows/; their output goes to this console). A failed job stops the others and
+    fails the run."""
+    if len({j.name for j in jobs}) != len(jobs):
+        raise ValueError(f"duplicate job names in {[j.name for j in jobs]}")
     pending, running, done = list(jobs), {}, set()
-    while pending or running:
-        for job in [j for j in pending if j.after <= done][: lanes - len(running)]:
-            log(f"start {job.name}")
-            running[job.name] = (job, subprocess.Popen(job.command), time.perf_counter())
-            pending.remove(job)
-        time.sleep(2)
-        for name, (job, proc, started) in list(running.items()):
-            if proc.poll() is None:
-                continue
-            del running[name]
-            if proc.returncode != 0:
-                for _, other, _ in running.values():
-                    other.terminate()
-                raise SystemExit(f"row {name} failed (exit {proc.returncode}): {' '.join(job.command)}")
-            done.add(name)
-            log(f"finished {name} in {time.perf_counter() - started:.0f}s")
+    try:
+        while pending or running:
+            for job in [j for j in pending if j.after <= done][: lanes - len(running)]:
+                log(f"start {job.name}")
+                running[job.name] = (job, subprocess.Popen(job.command), time.perf_counter())
+                pending.remove(job)
+            if not running:
+                raise ValueError(f"jobs waiting for jobs that never run: {[(j.name, sorted(j.after - done)) for j in pending]}")
+            time.sleep(poll_s)
+            for name, (job, proc, started) in list(running.items()):
+                if proc.poll() is None:
+                    continue
+                del running[name]
+                if proc.returncode != 0:
+                    raise SystemExit(f"row {name} failed (exit {proc.returncode}): {' '.join(job.command)}")
+                done.add(name)
+                log(f"finished {name} in {time.perf_counter() - started:.0f}s")
+    finally:
+        for _, proc, _ in running.values():  # on failure or interrupt: no orphans left writing rows
+            proc.terminate()
+        for _, proc, _ in running.values():
+            try:
+                proc.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                proc.kill()
 
 
 def _hidden_ids(spec_path: Path) -> tuple[list[str], list[bool]]:

@@ -29,8 +29,11 @@ ATTRIBUTES = ["articleType", "baseColour", "gender", "season", "usage"]
 RESULTS = ROOT / "bench" / "results"
 
 
-def mean_test(metrics: dict, metric: str) -> float:
-    return float(np.mean([metrics[f"{a}.{metric}"] for a in ATTRIBUTES]))
+def test_summary(metrics: dict) -> tuple[dict[str, float], dict[str, dict[str, float]]]:
+    """Means over the five attributes and per-attribute values of the register flow's test metrics
+    (`flows.register.summarize`: {"attributes": {name: {metric: value}}, ...})."""
+    per = {a: {m: float(metrics["attributes"][a][m]) for m in ("r_at_p95", "f1_macro")} for a in ATTRIBUTES}
+    return {m: float(np.mean([per[a][m] for a in ATTRIBUTES])) for m in ("r_at_p95", "f1_macro")}, per
 
 
 def main() -> None:
@@ -59,8 +62,7 @@ def main() -> None:
         f["trials"] += 1
         if t.get("best") is not None:
             f["best_validation"] = max(f["best_validation"] or 0.0, t["best"])
-    tuned = {m: mean_test(result["metrics"], m) for m in ("r_at_p95", "f1_macro")}
-    tuned_per_attribute = {a: {m: result["metrics"][f"{a}.{m}"] for m in ("r_at_p95", "f1_macro")} for a in ATTRIBUTES}
+    tuned, tuned_per_attribute = test_summary(result["metrics"])
 
     quality_path = args.out / "quality.json"
     comparison = None

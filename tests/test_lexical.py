@@ -70,7 +70,8 @@ def test_lexical_dropout_applies_in_training_only():
     assert torch.equal(model.lexical(x), model.lexical(x))
     model.lexical.train()
     torch.manual_seed(0)
-    assert not torch.allclose(model.lexical(x)[0], model.lexical(x)[1])  # rows see different kept n-grams
+    out = model.lexical(x)
+    assert not torch.allclose(out[0], out[1])  # the same title, different n-grams kept per row
 
 
 def test_training_with_lexical_frozen_and_from_raw_rows_agree_after_loading(tmp_path):
@@ -98,7 +99,23 @@ def test_computing_a_token_cache_also_stores_its_pooled_part(tmp_path):
     ds = load_dataset(ingest(load_spec(spec), home=tmp_path / "home").dataset_dir)
     text, image = TextEncoder(TextEncoderConfig(**TINY_TEXT)), ImageEncoder(ImageEncoderConfig(**TINY_IMAGE))
     with_tokens = cached_encodings(ds, text, image, with_tokens=True, progress=False)
-    assert cache_path(ds, text, image, False).is_file()
+    pooled_file = cache_path(ds, text, image, False)
+    from safetensors import safe_open
+
+    with safe_open(str(pooled_file), framework="pt") as f:
+        assert set(f.keys()) == {"text", "image", "has_image"}
+    cache_path(ds, text, image, True).unlink()  # what pooled readers get comes from the pooled file alone
     pooled = cached_encodings(ds, text, image, with_tokens=False, progress=False)
     assert pooled.text_tokens is None and torch.equal(pooled.image, with_tokens.image)
     assert pooled.lexical is not None and pooled.lexical.shape[0] == len(ds.items)
+
+
+def test_a_pooled_request_served_from_a_token_cache_stores_the_pooled_file(tmp_path):
+    spec = write_demo_catalog(tmp_path / "catalog", n=40, seed=5)
+    ds = load_dataset(ingest(load_spec(spec), home=tmp_path / "home").dataset_dir)
+    text, image = TextEncoder(TextEncoderConfig(**TINY_TEXT)), ImageEncoder(ImageEncoderConfig(**TINY_IMAGE))
+    full = cached_encodings(ds, text, image, with_tokens=True, progress=False)
+    cache_path(ds, text, image, False).unlink()  # a token cache made before pooled files were stored
+    pooled = cached_encodings(ds, text, image, with_tokens=False, progress=False)
+    assert cache_path(ds, text, image, False).is_file() and pooled.text_tokens is None
+    assert torch.equal(pooled.text, full.text)

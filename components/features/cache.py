@@ -15,6 +15,7 @@ from pathlib import Path
 
 import scipy.sparse as sp
 import torch
+from safetensors import safe_open
 from safetensors.torch import load_file, save_file
 from torch.utils.data import DataLoader
 from tqdm import tqdm
@@ -25,6 +26,8 @@ from components.features.preprocess import collate_fn, records
 from components.models.encoders import ImageEncoder, TextEncoder
 from components.models.fusion import Features
 from components.settings import get_settings
+
+POOLED = ("text", "image", "has_image")  # what a pooled-only cache file holds
 
 
 @dataclass
@@ -87,24 +90,26 @@ def cached_encodings(
     path = cache_path(dataset, text, image, with_tokens)
     token_path = cache_path(dataset, text, image, True)
     lexical = hashed_ngrams(product_texts(dataset.items["title"].tolist(), dataset.items["description"].tolist()))
-    for candidate in ([path] if with_tokens else [path, token_path]):
-        if candidate.is_file():
-            enc = Encodings(**load_file(str(candidate)), lexical=lexical)
-            if not with_tokens:
-                enc.text_tokens = enc.text_mask = enc.image_tokens = None
-            return enc
+    if path.is_file():
+        return Encodings(**load_file(str(path)), lexical=lexical)
+    if not with_tokens and token_path.is_file():  # the pooled part of a token cache, stored on its own from now on
+        with safe_open(str(token_path), framework="pt") as f:
+            enc = Encodings(**{k: f.get_tensor(k) for k in POOLED}, lexical=lexical)
+        save_atomic(enc.tensors(), path)
+        return enc
     start = time.perf_counter()
     enc = encode_items(dataset, text, image, with_tokens, batch_size, device, progress)
     enc.lexical = lexical
-    _save(enc.tensors(), path)
+    save_atomic(enc.tensors(), path)
     if with_tokens:  # the pooled part on its own too: pooled-only readers need not load the token vectors
-        _save({k: enc.tensors()[k] for k in ("text", "image", "has_image")}, cache_path(dataset, text, image, False))
+        save_atomic({k: enc.tensors()[k] for k in POOLED}, cache_path(dataset, text, image, False))
     if progress:
         print(f"cached {len(enc)} encodings in {time.perf_counter() - start:.1f}s -> {path}")
     return enc
 
 
-def _save(tensors: dict[str, torch.Tensor], path: Path) -> None:
+def save_atomic(tensors: dict[str, torch.Tensor], path: Path) -> None:
+    """Write a safetensors file so that concurrent readers never see half of it."""
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_suffix(f".tmp{os.getpid()}")
     save_file(tensors, str(tmp))

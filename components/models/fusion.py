@@ -11,14 +11,16 @@ attention is forced to text. No image is ever invented.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Annotated, ClassVar, Literal
+from typing import TYPE_CHECKING, Annotated, ClassVar, Literal
 
 import torch
 from pydantic import BaseModel, ConfigDict, Field
 from torch import nn
 
-from components.features.lexical import LexicalBatch
 from components.models.heads import HeadConfig, Heads, HeadSpec
+
+if TYPE_CHECKING:
+    from components.features.lexical import LexicalBatch
 
 
 @dataclass
@@ -287,6 +289,11 @@ def fusion_needs_tokens(name: str) -> bool:
     return FUSIONS[name].needs_tokens
 
 
+def fusion_reads_pooled_text(name: str) -> bool:
+    """Whether the fusion reads `Features.text` (what the lexical channel extends)."""
+    return name != "image" and not FUSIONS[name].needs_tokens
+
+
 __all__ = [
     "FUSIONS",
     "ConcatFusionConfig",
@@ -300,6 +307,7 @@ __all__ = [
     "TextFusionConfig",
     "create_fusion",
     "fusion_needs_tokens",
+    "fusion_reads_pooled_text",
     "kl_to_uniform",
     "register_fusion",
 ]

@@ -23,7 +23,7 @@ from components.models.fusion import (
     FusionOutput,
     ModalityAttentionConfig,
     create_fusion,
-    fusion_needs_tokens,
+    fusion_reads_pooled_text,
 )
 from components.models.heads import HeadConfig, HeadSpec, probabilities
 
@@ -53,7 +53,7 @@ class ModelConfig(BaseModel):
 
     @model_validator(mode="after")
     def _lexical_needs_pooled_text(self) -> ModelConfig:
-        if self.lexical is not None and (self.fusion.name == "image" or fusion_needs_tokens(self.fusion.name)):
+        if self.lexical is not None and not fusion_reads_pooled_text(self.fusion.name):
             raise ValueError(f"lexical: fusion {self.fusion.name!r} does not read the pooled text vector the lexical channel extends")
         return self
 

@@ -197,7 +197,7 @@ def train(
             on_epoch_end(epoch + 1, record)
 
     # The best epoch's weights, its validation metrics and the publishing thresholds.
-    model.load_state_dict(load_file(str(ckpt_dir / "best.safetensors")), strict=False)
+    _load_trainable(model, ckpt_dir / "best.safetensors")
     pred = predict_items(model, dataset.items.iloc[val_idx] if encodings is None else None, encodings, val_idx)
     thresholds, validation = {}, {}
     for spec in model.specs:
@@ -299,6 +299,16 @@ def _trainable_state(model: AttributeModel, frozen: bool) -> dict[str, torch.Ten
     return {k: v.detach().contiguous().cpu() for k, v in state.items()}
 
 
+def _load_trainable(model: AttributeModel, path: Path) -> None:
+    """Load weights saved by `_trainable_state`; frozen encoders may be absent, nothing else may
+    (a checkpoint from another model config must not leave parts at their random init)."""
+    missing, unexpected = model.load_state_dict(load_file(str(path)), strict=False)
+    missing = [k for k in missing if not k.startswith(("text_encoder.", "image_encoder."))]
+    if missing or unexpected:
+        raise ValueError(f"{path} does not match this model config (missing {missing[:5]}, unexpected {unexpected[:5]}); "
+                         "train without --resume or with the config the checkpoint was made with")
+
+
 def _save_checkpoint(ckpt_dir: Path, model, optimizer, scheduler, state: dict, frozen: bool) -> None:
     """Weights (safetensors), optimizer + scheduler + RNG state, then state.json last: a
     checkpoint counts only once state.json names its epoch."""
@@ -314,7 +324,7 @@ def _save_checkpoint(ckpt_dir: Path, model, optimizer, scheduler, state: dict, f
 
 
 def _load_checkpoint(ckpt_dir: Path, model, optimizer, scheduler) -> dict:
-    model.load_state_dict(load_file(str(ckpt_dir / "last.safetensors")), strict=False)
+    _load_trainable(model, ckpt_dir / "last.safetensors")
     extra = torch.load(ckpt_dir / "optimizer.pt", weights_only=True)
     optimizer.load_state_dict(extra["optimizer"])
     scheduler.load_state_dict(extra["scheduler"])

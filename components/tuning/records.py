@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import math
+import shutil
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -172,6 +173,8 @@ def recorder_class():
                 record.model_dir = str(done.parent)
                 record.best_epoch = json.loads(done.read_text())["best_epoch"]
             record.interrupted = not record.stopped_early and record.model_dir is None
+            if record.model_dir is None and not self.spec.keep_trial_models:  # stopped: its checkpoints are dead weight
+                shutil.rmtree(self.trials_dir / trial.trial_id, ignore_errors=True)
             if record.run_id is not None:
                 self.registry.finish_run(record.run_id, record.summary(self.spec.metric))
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from components.tuning.search import SearchResult, TrialRecord
+from components.tuning.records import SearchResult, TrialRecord
 
 _PARAM_ORDER = ("fusion", "lambda_kl", "lr_head", "lr_text", "lr_image", "weight_decay", "warmup_share",
                 "epochs", "batch_size", "head_hidden", "head_dropout")

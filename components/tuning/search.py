@@ -14,7 +14,6 @@ workers never touch the database.
 from __future__ import annotations
 
 import json
-import os
 import shutil
 import time
 from pathlib import Path
@@ -33,9 +32,9 @@ from components.tuning.trainable import TrialContext, run_trial
 def prepare_embeddings(spec: SearchSpec, dataset: Dataset, progress: bool = True) -> list[Path]:
     """Compute (or find) the frozen-encoder cache every trial will read; returns its files.
 
-    Fusions that need token vectors (cross_attention) read the `-tokens` file; the others get a
-    pooled-only file, derived from the tokens file when that exists (no encoding again, and no
-    trial has to load gigabytes of token vectors it does not use).
+    Fusions that need token vectors (cross_attention) read the `-tokens` file; the others the
+    pooled-only file (`cached_encodings` derives it from the token file, so nothing is encoded
+    twice and no trial loads gigabytes of token vectors it does not use).
     """
     from components.features.cache import cache_path, cached_encodings
     from components.models.encoders import ImageEncoder, TextEncoder
@@ -43,25 +42,10 @@ def prepare_embeddings(spec: SearchSpec, dataset: Dataset, progress: bool = True
 
     model = build_train_config(spec, {"fusion": spec.fusions[0]}).model
     text, image = TextEncoder(model.text), ImageEncoder(model.image)
-    needs = {fusion_needs_tokens(f) for f in spec.fusions}
     files = []
-    if True in needs:
-        cached_encodings(dataset, text, image, with_tokens=True, progress=progress)
-        files.append(cache_path(dataset, text, image, True))
-    if False in needs:
-        pooled, tokens = cache_path(dataset, text, image, False), cache_path(dataset, text, image, True)
-        if not pooled.is_file() and tokens.is_file():
-            from safetensors import safe_open
-            from safetensors.torch import save_file
-
-            with safe_open(str(tokens), framework="pt") as f:
-                parts = {k: f.get_tensor(k) for k in ("text", "image", "has_image")}
-            tmp = pooled.with_suffix(f".tmp{os.getpid()}")
-            save_file(parts, str(tmp))
-            tmp.replace(pooled)
-        elif not pooled.is_file():
-            cached_encodings(dataset, text, image, with_tokens=False, progress=progress)
-        files.append(pooled)
+    for with_tokens in sorted({fusion_needs_tokens(f) for f in spec.fusions}, reverse=True):  # tokens first
+        cached_encodings(dataset, text, image, with_tokens=with_tokens, progress=progress)
+        files.append(cache_path(dataset, text, image, with_tokens))
     return files
 
 
@@ -195,9 +179,8 @@ def _derive_cache(spec: SearchSpec, cfg, dataset: Dataset, derived: Dataset) -> 
     is the original cache indexed the same way (no encoding)."""
     import numpy as np
     import torch
-    from safetensors.torch import save_file
 
-    from components.features.cache import cache_path, cached_encodings
+    from components.features.cache import cache_path, cached_encodings, save_atomic
     from components.models.encoders import ImageEncoder, TextEncoder
     from components.models.fusion import fusion_needs_tokens
 
@@ -209,7 +192,4 @@ def _derive_cache(spec: SearchSpec, cfg, dataset: Dataset, derived: Dataset) -> 
     enc = cached_encodings(dataset, text, image, with_tokens=tokens, progress=False)
     order = torch.as_tensor(np.concatenate([np.arange(len(dataset.items)),
                                             np.flatnonzero(dataset.items["split"].to_numpy() == "validation")]))
-    target.parent.mkdir(parents=True, exist_ok=True)
-    tmp = target.with_suffix(f".tmp{os.getpid()}")
-    save_file({k: v[order].contiguous() for k, v in enc.tensors().items()}, str(tmp))
-    tmp.replace(target)
+    save_atomic({k: v[order].contiguous() for k, v in enc.tensors().items()}, target)

@@ -24,7 +24,7 @@ from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Discriminator, Field, Tag, ValidationError, model_validator
 
-from components.models.fusion import fusion_needs_tokens
+from components.models.fusion import fusion_reads_pooled_text
 from components.training.trainer import TrainConfig, _deep_update, load_train_config
 from components.yaml_files import describe_errors, read_yaml_mapping
 
@@ -234,7 +234,7 @@ def build_train_config(spec: SearchSpec, params: dict[str, Any]) -> TrainConfig:
     fusion = params.get("fusion", model["fusion"]["name"])
     if model["fusion"]["name"] != fusion:  # the base's fusion settings belong to its fusion only
         model["fusion"] = {"name": fusion}
-    if fusion == "image" or fusion_needs_tokens(fusion):  # these read no pooled text: no lexical channel
+    if not fusion_reads_pooled_text(fusion):  # no pooled text to extend: no lexical channel
         model["lexical"] = None
     if fusion == "modality_attention" and params.get("lambda_kl") is not None:
         model["fusion"]["lambda_kl"] = params["lambda_kl"]

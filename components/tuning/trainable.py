@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -64,6 +65,7 @@ def run_trial(config: dict[str, Any], context: TrialContext) -> None:
                      **record["validation"]})
 
     result = train(train_config, _dataset(context.dataset_dir), out_dir, on_epoch_end=report, progress=False)
+    shutil.rmtree(out_dir / "checkpoint", ignore_errors=True)  # a trial is never resumed: its model folder suffices
     # Read by the driver once the trial ends: the trial trained to its end (not stopped by ASHA).
     (out_dir / "trial.json").write_text(json.dumps({
         "best_epoch": result.best_epoch,
