@@ -119,3 +119,15 @@ def test_a_pooled_request_served_from_a_token_cache_stores_the_pooled_file(tmp_p
     pooled = cached_encodings(ds, text, image, with_tokens=False, progress=False)
     assert cache_path(ds, text, image, False).is_file() and pooled.text_tokens is None
     assert torch.equal(pooled.text, full.text)
+
+
+def test_resuming_with_a_different_model_config_is_refused(tmp_path):
+    spec = write_demo_catalog(tmp_path / "catalog", n=80, seed=6)
+    ds = load_dataset(ingest(load_spec(spec), home=tmp_path / "home").dataset_dir)
+    model = {"text": TINY_TEXT, "image": TINY_IMAGE, "fusion": {"name": "text"}, "head": {"hidden": 8}}
+    plain = TrainConfig.model_validate({"model": model, "training": {"epochs": 1, "batch_size": 16}})
+    train(plain, ds, tmp_path / "m", progress=False)
+    with_lexical = TrainConfig.model_validate({"model": {**model, "lexical": {"buckets": 64, "dim": 4}},
+                                               "training": {"epochs": 2, "batch_size": 16}})
+    with pytest.raises(ValueError, match="does not match this model config"):
+        train(with_lexical, ds, tmp_path / "m", resume=True, progress=False)

@@ -302,11 +302,14 @@ def _trainable_state(model: AttributeModel, frozen: bool) -> dict[str, torch.Ten
 def _load_trainable(model: AttributeModel, path: Path) -> None:
     """Load weights saved by `_trainable_state`; frozen encoders may be absent, nothing else may
     (a checkpoint from another model config must not leave parts at their random init)."""
-    missing, unexpected = model.load_state_dict(load_file(str(path)), strict=False)
+    hint = "train without --resume, or with the config the checkpoint was made with"
+    try:
+        missing, unexpected = model.load_state_dict(load_file(str(path)), strict=False)
+    except RuntimeError as e:  # shapes differ
+        raise ValueError(f"{path} does not match this model config ({str(e).strip().splitlines()[-1].strip()}); {hint}") from None
     missing = [k for k in missing if not k.startswith(("text_encoder.", "image_encoder."))]
     if missing or unexpected:
-        raise ValueError(f"{path} does not match this model config (missing {missing[:5]}, unexpected {unexpected[:5]}); "
-                         "train without --resume or with the config the checkpoint was made with")
+        raise ValueError(f"{path} does not match this model config (missing {missing[:5]}, unexpected {unexpected[:5]}); {hint}")
 
 
 def _save_checkpoint(ckpt_dir: Path, model, optimizer, scheduler, state: dict, frozen: bool) -> None:
