@@ -50,7 +50,7 @@ import yaml  # noqa: E402
 from components.catalog import ingest, load_dataset, load_spec  # noqa: E402
 from components.catalog.dataset import Dataset  # noqa: E402
 from components.evaluation.metrics import attribute_metrics, modality_weight_stats  # noqa: E402
-from components.features.cache import cache_path, cached_encodings  # noqa: E402
+from components.features.cache import cache_path, cached_encodings, save_atomic  # noqa: E402
 from components.features.preprocess import encode_labels  # noqa: E402
 from components.models.encoders import ImageEncoder, ImageEncoderConfig, TextEncoder, TextEncoderConfig  # noqa: E402
 from components.models.model import load_model  # noqa: E402
@@ -294,10 +294,7 @@ def derive_encodings(ds: Dataset, base: Dataset, text: TextEncoder, image: Image
     for i in range(0, len(changed), 256):
         rows = changed[i : i + 256]
         vec[rows] = text(**text.tokenize(list(titles[rows]), [""] * len(rows))).pooled
-    from safetensors.torch import save_file
-
-    path.parent.mkdir(parents=True, exist_ok=True)
-    save_file({"text": vec.contiguous(), "image": base_enc.image[idx].contiguous(), "has_image": base_enc.has_image[idx].contiguous()}, str(path))
+    save_atomic({"text": vec.contiguous(), "image": base_enc.image[idx].contiguous(), "has_image": base_enc.has_image[idx].contiguous()}, path)
     log(f"colour-hidden cache: re-encoded {len(changed)} changed titles, images reused ({time.perf_counter() - start:.0f}s)")
     return time.perf_counter() - start
 
