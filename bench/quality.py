@@ -442,13 +442,19 @@ def markdown(results: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
+def best_on_validation(rows: dict[str, Any], names) -> str | None:
+    """The row among `names` with the best validation mean macro-F1: how every pick here is made."""
+    return max(names, key=lambda n: rows[n]["validation_f1_macro"], default=None)
+
+
+def best_lambda(rows: dict[str, Any]) -> str | None:
+    return best_on_validation(rows, [n for n in rows if n.startswith("modality_attention_l")])
+
+
 def best_single_and_multimodal(rows: dict[str, Any]) -> tuple[str | None, str | None]:
     """The single-modality and the multimodal attrflow rows with the best validation macro-F1."""
-    def best(names):
-        return max(names, key=lambda n: rows[n]["validation_f1_macro"], default=None)
-
-    single = best([n for n in ("text", "image") if n in rows])
-    return single, best([n for n in rows if n in ROWS and n not in ("text", "image")])
+    single = best_on_validation(rows, [n for n in ("text", "image") if n in rows])
+    return single, best_on_validation(rows, [n for n in rows if n in ROWS and n not in ("text", "image")])
 
 
 def paired_bootstrap(probs_a: np.ndarray, probs_b: np.ndarray, y: np.ndarray, n: int = 500, seed: int = 0) -> dict[str, list[float]]:
@@ -509,7 +515,7 @@ def check_targets(results: dict[str, Any], probs: dict[str, dict[str, np.ndarray
     ch = results.get("colour_hidden")
     if ch and "text" in ch["rows"]:
         multi = [n for n in ch["rows"] if n not in ("text", "image")]
-        bm = max(multi, key=lambda n: ch["rows"][n]["validation_f1_macro"])
+        bm = best_on_validation(ch["rows"], multi)
         d = ch["rows"][bm]["attributes"]["baseColour"]["masked"]["f1_macro"] - ch["rows"]["text"]["attributes"]["baseColour"]["masked"]["f1_macro"]
         out["colour hidden: best multimodal >= text + 0.15 on masked baseColour macro-F1"] = {"met": d >= 0.15, "detail": f"{bm} {d:+.3f}"}
     return out
@@ -647,9 +653,7 @@ def main() -> None:
             _run_row(args.out, name, cfg.model_dump(mode="json"), lambda: attrflow_row(name, cfg, ds, out_root, labels), args.reuse)
         if colour_rows:
             labels_ch = {k: v.numpy() for k, v in encode_labels(ds_ch.items, {a: ds_ch.vocab[a] for a in ATTRIBUTES}).items()}
-            have = stored(names=[n for n in ROWS if n.startswith("modality_attention_l")])
-            lam_rows = list(have)
-            best_ma = max(lam_rows, key=lambda n: have[n]["validation_f1_macro"]) if lam_rows else "modality_attention_l0"
+            best_ma = best_lambda(stored(names=[n for n in ROWS if n.startswith("modality_attention_l")])) or "modality_attention_l0"
             for name in colour_rows:
                 src = best_ma if name == "modality_attention" else name
                 fusion, over = ROWS[src]
@@ -663,13 +667,12 @@ def main() -> None:
 
     # The report covers every row stored so far (this run's and earlier runs').
     results["rows"] = stored()
-    lambdas = [n for n in results["rows"] if n.startswith("modality_attention_l")]
-    best_ma = max(lambdas, key=lambda n: results["rows"][n]["validation_f1_macro"], default=None)
+    best_ma = best_lambda(results["rows"])
     ch_rows = {n: r for n, r in stored("colour_hidden-").items() if not n.startswith("modality_attention_l") or n == best_ma}
     if ch_rows and (args.out / "rows" / "colour_hidden.json").is_file():
         results["colour_hidden"] = {**json.loads((args.out / "rows" / "colour_hidden.json").read_text()), "rows": ch_rows}
     attrflow_rows = [n for n in results["rows"] if n in ROWS]
-    results["best"] = max(attrflow_rows, key=lambda n: results["rows"][n]["validation_f1_macro"])
+    results["best"] = best_on_validation(results["rows"], attrflow_rows)
     best_dir = Path(results["rows"][results["best"]]["model_dir"])
     log(f"best (validation macro-F1): {results['best']}")
     ma_dirs = {n: Path(results["rows"][n]["model_dir"]) for n in results["rows"] if n.startswith("modality_attention_l")}

@@ -100,9 +100,10 @@ def cached_encodings(
     start = time.perf_counter()
     enc = encode_items(dataset, text, image, with_tokens, batch_size, device, progress)
     enc.lexical = lexical
-    save_atomic(enc.tensors(), path)
+    tensors = enc.tensors()
+    save_atomic(tensors, path)
     if with_tokens:  # the pooled part on its own too: pooled-only readers need not load the token vectors
-        save_atomic({k: enc.tensors()[k] for k in POOLED}, cache_path(dataset, text, image, False))
+        save_atomic({k: tensors[k] for k in POOLED}, cache_path(dataset, text, image, False))
     if progress:
         print(f"cached {len(enc)} encodings in {time.perf_counter() - start:.1f}s -> {path}")
     return enc
