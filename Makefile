@@ -15,7 +15,7 @@ UI_PORT       ?= 4200
 export PREFECT_HOME ?= $(abspath $(ATTRFLOW_HOME))/prefect
 export PREFECT_SERVER_ANALYTICS_ENABLED := false
 
-.PHONY: setup demo test ui clean bench bench-quality bench-tune
+.PHONY: setup demo test ui clean bench bench-quality bench-seeds bench-tune
 
 setup: $(STAMP)
 
@@ -46,10 +46,16 @@ clean:
 
 bench: setup  ## every benchmark, in order (the search reuses the quality run's cache); results in bench/results/
 	$(MAKE) bench-quality
+	$(MAKE) bench-seeds
 	$(MAKE) bench-tune
 
 bench-quality: setup  ## the quality benchmark on the real fashion catalog (bench/quality.py; docs/results.md)
 	$(BIN)/python bench/quality.py
+
+# Run to run: the single-modality and the two best fused rows again with training seeds 1 and 2
+# (reuses the quality run's rows; its report gains the seed table).
+bench-seeds: setup  ## text, concat, modality_attention_l0.1 with seeds 1, 2 (bench/quality.py --seeds; after bench-quality)
+	$(BIN)/python bench/quality.py --rows text,concat,modality_attention_l0.1 --seeds 1,2 --reuse --skip-colour-hidden
 
 bench-tune: setup  ## trials in 10 minutes of search, tuned vs hand-picked (bench/tune.py; after bench-quality)
 	mkdir -p $(PREFECT_HOME)

@@ -4,6 +4,7 @@
     .venv/bin/python bench/quality.py --rows text,concat --skip-colour-hidden
     .venv/bin/python bench/quality.py --reuse      # recompute only rows whose config changed, then report
     .venv/bin/python bench/quality.py --finetune   # + the optional full fine-tuning rows (slow on CPU)
+    make bench-seeds                        # run to run: text, concat, modality_attention_l0.1 with seeds 1, 2
 
 Ingests ../shared/data/fashion-product-images-small/ with configs/catalogs/fashion.yaml, then on
 the fixed seeded split compares, per attribute (articleType, baseColour, gender, season, usage),
@@ -136,6 +137,13 @@ def train_config(fusion: dict[str, Any], overrides: dict[str, Any], attributes: 
                   "lexical": LEXICAL if reads_pooled_text else None},
         "training": {**TRAINING, **overrides},
     })
+
+
+def row_config(name: str, attributes: list[str] = ATTRIBUTES) -> TrainConfig:
+    """The config of a row: one of ROWS / FINETUNE_ROWS, or `ROW@seedN`, that row with training seed N."""
+    base, _, seed = name.partition("@seed")
+    fusion, overrides = {**ROWS, **FINETUNE_ROWS}[base]
+    return train_config(fusion, {**overrides, "seed": int(seed)} if seed else overrides, attributes)
 
 
 def encoders() -> tuple[TextEncoder, ImageEncoder]:
@@ -304,10 +312,8 @@ def derive_encodings(ds: Dataset, base: Dataset, text: TextEncoder, image: Image
 def register_best(model_dir: Path, metrics: dict[str, Any], ds: Dataset, row_name: str) -> dict[str, Any]:
     """Register the best model as `fashion` in the registry (components.registry) and let the
     registry decide promotion (by its primary metric, r_at_p95_mean)."""
-    try:
-        from components.registry import Registry
-    except Exception as e:  # the registry was being written in parallel with this benchmark
-        return {"status": "TODO", "reason": f"components.registry not importable: {e!r}"}
+    from components.registry import Registry
+
     try:
         flat: dict[str, Any] = {f"{a}.{k}": v for a, m in metrics.items() for k, v in m.items() if isinstance(v, (int, float))}
         for k in ("f1_macro", "r_at_p95", "accuracy"):
@@ -321,8 +327,9 @@ def register_best(model_dir: Path, metrics: dict[str, Any], ds: Dataset, row_nam
             version, decision = reg.register_and_decide("fashion", run_id, model_dir, flat, thresholds)
             return {"status": "registered", "name": "fashion", "version": version.version, "stage": version.stage,
                     "run_id": run_id, "decision": decision.reason, "promoted": decision.promote}
-    except Exception as e:
-        return {"status": "TODO", "reason": f"registry call failed: {e!r}"}
+    except Exception as e:  # the results are still written; the report says what failed
+        log(f"registry: registering the best model failed: {e!r}")
+        return {"status": "failed", "reason": repr(e)}
 
 
 def plot_modality_weights(weights: dict[str, dict[str, np.ndarray]], path: Path) -> None:
@@ -430,6 +437,19 @@ def markdown(results: dict[str, Any]) -> str:
             b = r["attributes"]["baseColour"]
             lines.append(f"| {n} | {b['masked']['f1_macro']:.3f} | {b['unmasked']['f1_macro']:.3f} | {b['f1_macro']:.3f} | {b['masked']['accuracy']:.3f} | {b['masked']['r_at_p95']:.3f} |")
         lines.append("")
+    sp = results.get("seeds")
+    if sp:
+        lines += ["## Run to run: training seeds", "",
+                  "Test metrics over training seeds (the row above is seed 0): mean ± standard deviation, and in how many "
+                  "seeds the row beats TF-IDF+LR.", ""]
+        for metric, title in (("f1_macro", "macro-F1"), ("r_at_p95", "R@P95")):
+            lines += [f"| {title} | seeds | validation macro-F1 | " + " | ".join(ATTRIBUTES) + " |", "|---" * (len(ATTRIBUTES) + 3) + "|"]
+            lines.append("| tfidf_lr | | | " + " | ".join(f"{results['rows']['tfidf_lr']['attributes'][a][metric]:.3f}" for a in ATTRIBUTES) + " |")
+            for n, e in sp.items():
+                cells = [f"{e[metric][a]['mean']:.3f} ± {e[metric][a]['std']:.3f} ({e[metric][a]['beats_tfidf']}/{len(e['seeds'])})" for a in ATTRIBUTES]
+                val = e["validation_f1_macro"]
+                lines.append(f"| {n} | {','.join(map(str, e['seeds']))} | {np.mean(val):.3f} ± {np.std(val):.3f} | " + " | ".join(cells) + " |")
+            lines.append("")
     t = results.get("timing", {})
     if t:
         lines += ["## Timing", ""] + [f"- {k}: {v:.0f} s" for k, v in t.items()]
@@ -455,6 +475,26 @@ def best_single_and_multimodal(rows: dict[str, Any]) -> tuple[str | None, str | 
     """The single-modality and the multimodal attrflow rows with the best validation macro-F1."""
     single = best_on_validation(rows, [n for n in ("text", "image") if n in rows])
     return single, best_on_validation(rows, [n for n in rows if n in ROWS and n not in ("text", "image")])
+
+
+def seed_spread(rows: dict[str, Any], seeded: dict[str, Any]) -> dict[str, Any]:
+    """Run to run: for each row trained with extra seeds (`ROW@seedN`), its test metrics per seed
+    (the row itself is seed 0), their mean and standard deviation, and in how many seeds it beats
+    TF-IDF+LR, per attribute."""
+    out: dict[str, Any] = {}
+    for base in dict.fromkeys(n.partition("@seed")[0] for n in seeded):
+        runs = [r for n, r in {base: rows.get(base), **seeded}.items() if r is not None and n.partition("@seed")[0] == base]
+        entry: dict[str, Any] = {"seeds": [r["config"]["training"]["seed"] for r in runs],
+                                 "validation_f1_macro": [r["validation_f1_macro"] for r in runs]}
+        for metric in ("f1_macro", "r_at_p95"):
+            entry[metric] = {}
+            for a in ATTRIBUTES:
+                vals = np.array([r["attributes"][a][metric] for r in runs])
+                bar = rows["tfidf_lr"]["attributes"][a][metric]
+                entry[metric][a] = {"values": vals.tolist(), "mean": float(vals.mean()), "std": float(vals.std()),
+                                    "beats_tfidf": int((vals > bar).sum())}
+        out[base] = entry
+    return out
 
 
 def paired_bootstrap(probs_a: np.ndarray, probs_b: np.ndarray, y: np.ndarray, n: int = 500, seed: int = 0) -> dict[str, list[float]]:
@@ -565,6 +605,8 @@ def main() -> None:
     ap.add_argument("--colour-rows", default=",".join(COLOUR_ROWS), help="rows of the colour-hidden table to run")
     ap.add_argument("--no-report", action="store_true", help="only compute rows (e.g. to run several processes side by side)")
     ap.add_argument("--finetune", action="store_true", help="also run the (slow) full fine-tuning rows: " + ",".join(FINETUNE_ROWS))
+    ap.add_argument("--seeds", default="", help="comma-separated extra training seeds: each selected row is also trained "
+                    "as ROW@seedN (the run-to-run table; the default seed is 0)")
     ap.add_argument("--jobs", type=int, default=2, help="run the rows in this many processes side by side, one torch thread "
                     "each (default 2: one per core of the reference machine); 1 = one after another in this process")
     ap.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's choice)")
@@ -605,6 +647,7 @@ def main() -> None:
     names = list(ROWS) if args.rows == "all" else [] if args.rows == "none" else args.rows.split(",")
     if args.finetune:
         names += list(FINETUNE_ROWS)
+    names += [f"{n}@seed{s}" for n in names if n in ROWS for s in args.seeds.split(",") if s]
     colour_rows = [] if args.skip_colour_hidden else [r for r in args.colour_rows.split(",") if r]
 
     ds_ch = hidden = None
@@ -633,7 +676,7 @@ def main() -> None:
             if not p.is_file():
                 continue
             row = json.loads(p.read_text())
-            current = TFIDF_CONFIG if n == "tfidf_lr" else train_config(*{**ROWS, **FINETUNE_ROWS}[n], attributes).model_dump(mode="json")
+            current = TFIDF_CONFIG if n == "tfidf_lr" else row_config(n, attributes).model_dump(mode="json")
             if row.get("config") == current:
                 found[n] = row
         return found
@@ -648,16 +691,14 @@ def main() -> None:
                 _run_row(args.out, "tfidf_lr", TFIDF_CONFIG, lambda: tfidf_row(ds, labels, home / TFIDF_PROBS), args.reuse)
         out_root = home / "bench" / "quality"
         for name in names:
-            fusion, over = {**ROWS, **FINETUNE_ROWS}[name]
-            cfg = train_config(fusion, over)
+            cfg = row_config(name)
             _run_row(args.out, name, cfg.model_dump(mode="json"), lambda: attrflow_row(name, cfg, ds, out_root, labels), args.reuse)
         if colour_rows:
             labels_ch = {k: v.numpy() for k, v in encode_labels(ds_ch.items, {a: ds_ch.vocab[a] for a in ATTRIBUTES}).items()}
             best_ma = best_lambda(stored(names=[n for n in ROWS if n.startswith("modality_attention_l")])) or "modality_attention_l0"
             for name in colour_rows:
                 src = best_ma if name == "modality_attention" else name
-                fusion, over = ROWS[src]
-                cfg = train_config(fusion, over, COLOUR_ATTRIBUTES)
+                cfg = row_config(src, COLOUR_ATTRIBUTES)
                 _run_row(args.out, f"colour_hidden-{src}", cfg.model_dump(mode="json"),
                          lambda: attrflow_row(src, cfg, ds_ch, home / "bench" / "quality-colour-hidden", labels_ch, masked=hidden), args.reuse)
 
@@ -667,6 +708,9 @@ def main() -> None:
 
     # The report covers every row stored so far (this run's and earlier runs').
     results["rows"] = stored()
+    seeded = stored(names=[p.stem for p in sorted((args.out / "rows").glob("*@seed*.json"))])
+    if seeded and "tfidf_lr" in results["rows"]:
+        results["seeds"] = seed_spread(results["rows"], seeded)
     best_ma = best_lambda(results["rows"])
     ch_rows = {n: r for n, r in stored("colour_hidden-").items() if not n.startswith("modality_attention_l") or n == best_ma}
     if ch_rows and (args.out / "rows" / "colour_hidden.json").is_file():
