@@ -53,9 +53,9 @@ bench-quality: setup  ## the quality benchmark on the real fashion catalog (benc
 	$(BIN)/python bench/quality.py
 
 # Run to run: the single-modality and the two best fused rows again with training seeds 1 and 2
-# (reuses the quality run's rows; its report gains the seed table).
+# (reuses the quality run's rows; writes bench/results/seeds.{json,md}, leaves the quality report alone).
 bench-seeds: setup  ## text, concat, modality_attention_l0.1 with seeds 1, 2 (bench/quality.py --seeds; after bench-quality)
-	$(BIN)/python bench/quality.py --rows text,concat,modality_attention_l0.1 --seeds 1,2 --reuse --skip-colour-hidden
+	$(BIN)/python bench/quality.py --rows text,concat,modality_attention_l0.1 --seeds 1,2 --reuse --skip-colour-hidden --no-report
 
 bench-tune: setup  ## trials in 10 minutes of search, tuned vs hand-picked (bench/tune.py; after bench-quality)
 	mkdir -p $(PREFECT_HOME)

@@ -75,6 +75,32 @@ def test_paired_bootstrap_brackets_the_difference():
     assert worse["f1_macro"][1] < -0.5
 
 
+def _row(seed: int, f1: dict[str, float]) -> dict:
+    return {"config": {"training": {"seed": seed}}, "validation_f1_macro": 0.8 + seed / 100, "train_seconds": 1, "items_per_second": 1,
+            "attributes": {a: {**dict.fromkeys(quality.METRICS, 0.5), "f1_macro": f1.get(a, 0.5)} for a in quality.ATTRIBUTES}}
+
+
+def test_a_seeded_row_is_its_row_with_another_training_seed():
+    base, seeded = quality.row_config("concat"), quality.row_config("concat@seed3")
+    assert (base.training.seed, seeded.training.seed) == (0, 3)
+    assert seeded.model == base.model and seeded.training.model_copy(update={"seed": 0}) == base.training
+    with pytest.raises(KeyError):
+        quality.row_config("no_such_row@seed1")
+
+
+def test_seed_spread_counts_the_seeds_that_beat_the_bar():
+    rows = {"tfidf_lr": _row(0, {"gender": 0.90}), "concat": _row(0, {"gender": 0.95}), "text": _row(0, {})}
+    seeded = {"concat@seed1": _row(1, {"gender": 0.85}), "concat@seed2": _row(2, {"gender": 0.92})}
+    spread = quality.seed_spread(rows, seeded)
+    assert list(spread) == ["concat"]  # only rows that were trained with extra seeds
+    g = spread["concat"]["f1_macro"]["gender"]
+    assert spread["concat"]["seeds"] == [0, 1, 2] and g["values"] == [0.95, 0.85, 0.92]
+    assert g["beats_tfidf"] == 2 and g["mean"] == pytest.approx(2.72 / 3)
+    assert spread["concat"]["f1_macro"]["usage"]["beats_tfidf"] == 0  # a tie does not beat the bar
+    table = quality.seeds_markdown(spread, rows["tfidf_lr"])
+    assert "| concat | 0,1,2 | 0.810 ± 0.008 |" in table and "0.907 ± 0.042 (2/3)" in table
+
+
 def test_tune_bench_reads_the_register_flows_metrics():
     tune = _load("tune")
     from components.evaluation.report import AttributeReport, EvaluationReport
@@ -87,3 +113,14 @@ def test_tune_bench_reads_the_register_flows_metrics():
     means, per = tune.test_summary(summarize(EvaluationReport(model="m", dataset="d", split="test", attributes=attrs)))
     assert means["f1_macro"] == pytest.approx(0.7) and means["r_at_p95"] == pytest.approx(0.8)
     assert per["usage"]["f1_macro"] == pytest.approx(0.9)
+
+
+def test_variant_overrides_are_validated_as_a_whole_config():
+    variant = _load("variant")
+    cfg = variant.with_overrides(quality.row_config("concat"), ["training.label_smoothing=0.1", 'model.head={"hidden": 32, "dropout": 0.0}'])
+    assert cfg.training.label_smoothing == 0.1 and cfg.model.head.hidden == 32
+    assert cfg.model.fusion.name == "concat" and cfg.training.epochs == quality.TRAINING["epochs"]  # the rest is the row's
+    with pytest.raises(SystemExit, match="expected model.KEY=JSON"):
+        variant.with_overrides(cfg, ["label_smoothing=0.1"])
+    with pytest.raises(ValueError, match="label_smoothing"):
+        variant.with_overrides(cfg, ["training.label_smoothing=2"])  # out of range: pydantic refuses it
