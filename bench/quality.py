@@ -470,7 +470,7 @@ def seed_spread(rows: dict[str, Any], seeded: dict[str, Any]) -> dict[str, Any]:
     TF-IDF+LR, per attribute."""
     out: dict[str, Any] = {}
     for base in dict.fromkeys(n.partition("@seed")[0] for n in seeded):
-        runs = [r for n, r in {base: rows.get(base), **seeded}.items() if r is not None and n.partition("@seed")[0] == base]
+        runs = ([rows[base]] if base in rows else []) + [r for n, r in seeded.items() if n.partition("@seed")[0] == base]
         entry: dict[str, Any] = {"seeds": [r["config"]["training"]["seed"] for r in runs],
                                  "validation_f1_macro": [r["validation_f1_macro"] for r in runs]}
         for metric in ("f1_macro", "r_at_p95"):
@@ -706,6 +706,8 @@ def main() -> None:
 
     if args.seeds:  # the run-to-run table: every stored seeded row (and its seed-0 row) against TF-IDF+LR
         rows, seeded = stored(), stored(names=[p.stem for p in sorted((args.out / "rows").glob("*@seed*.json"))])
+        if "tfidf_lr" not in rows:
+            raise SystemExit("--seeds: the run-to-run table compares with the TF-IDF+LR row; run without --skip-tfidf")
         spread = seed_spread(rows, seeded)
         (args.out / "seeds.json").write_text(json.dumps({"environment": results["environment"], "rows": spread}, indent=1))
         (args.out / "seeds.md").write_text(seeds_markdown(spread, rows["tfidf_lr"]))
