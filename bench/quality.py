@@ -54,7 +54,7 @@ from components.evaluation.metrics import attribute_metrics, modality_weight_sta
 from components.features.cache import cache_path, cached_encodings, save_atomic  # noqa: E402
 from components.features.preprocess import encode_labels  # noqa: E402
 from components.models.encoders import ImageEncoder, ImageEncoderConfig, TextEncoder, TextEncoderConfig  # noqa: E402
-from components.models.model import load_model  # noqa: E402
+from components.models.model import load_meta, load_model  # noqa: E402
 from components.predict import predict_items  # noqa: E402
 from components.settings import get_settings  # noqa: E402
 from components.training.trainer import TrainConfig, train  # noqa: E402
@@ -118,12 +118,14 @@ COLOUR_ROWS = ["text", "image", "concat", "modality_attention"]  # the last one 
 # (the same fusion and settings; a fifth of the head compute).
 COLOUR_ATTRIBUTES = ["baseColour"]
 
-# Optional full fine-tuning (--finetune): ~25 items/s at 128x128 for text+image on this CPU, so
-# only a subset: 2 epochs of `concat` and `modality_attention` (lambda 1e-2), encoders trained.
-FINETUNE_ROWS = {
-    "finetune_concat": ({"name": "concat"}, {"frozen": False, "epochs": 2, "batch_size": 32, "lr_head": 1e-3, "patience": 2}),
-    "finetune_modality_attention": ({"name": "modality_attention", "lambda_kl": 1e-2}, {"frozen": False, "epochs": 2, "batch_size": 32, "lr_head": 1e-3, "patience": 2}),
-}
+# Full fine-tuning (--finetune, after the frozen rows): each row starts from its frozen row's
+# trained fusion and heads (`init_from`: linear probing, then fine-tuning, Kumar et al. 2022) and
+# trains the encoders too, for a budget of optimizer steps: on this 2-core CPU the fused rows run
+# at ~10-15 items/s a lane, so a full epoch (32k products) would take ~45 minutes a row.
+FINETUNE_OF = ["text", "image", "concat", "modality_attention"]  # the last one with the best lambda
+FINETUNE_PREFIX = "finetune-"
+FINETUNE: dict[str, Any] = {"frozen": False, "epochs": 1, "max_steps": 200, "batch_size": 32, "lr_head": 1e-4,
+                            "lr_text": 2e-5, "lr_image": 1e-4, "warmup_share": 0.1, "patience": 1}
 
 
 def log(msg: str) -> None:
@@ -140,10 +142,31 @@ def train_config(fusion: dict[str, Any], overrides: dict[str, Any], attributes: 
 
 
 def row_config(name: str, attributes: list[str] = ATTRIBUTES) -> TrainConfig:
-    """The config of a row: one of ROWS / FINETUNE_ROWS, or `ROW@seedN`, that row with training seed N."""
+    """The config of a row: one of ROWS, `ROW@seedN` (that row with training seed N), or
+    `finetune-ROW` (that row's model fine-tuned with its encoders)."""
+    if name.startswith(FINETUNE_PREFIX):
+        base = name.removeprefix(FINETUNE_PREFIX)
+        fusion, overrides = ROWS[base]
+        init = get_settings().home.resolve() / "bench" / "quality" / base
+        return train_config(fusion, {**overrides, **FINETUNE, "init_from": str(init)}, attributes)
     base, _, seed = name.partition("@seed")
-    fusion, overrides = {**ROWS, **FINETUNE_ROWS}[base]
+    fusion, overrides = ROWS[base]
     return train_config(fusion, {**overrides, "seed": int(seed)} if seed else overrides, attributes)
+
+
+def finetune_rows(out: Path, missing_ok: bool = False) -> list[str]:
+    """The fine-tuning rows; `modality_attention` is the best lambda among the stored frozen rows."""
+    rows = []
+    for n in FINETUNE_OF:
+        if n == "modality_attention":
+            lambdas = [r for r in ROWS if r.startswith("modality_attention_l") and (out / "rows" / f"{r}.json").is_file()]
+            n = best_on_validation({p: json.loads((out / "rows" / f"{p}.json").read_text()) for p in lambdas}, lambdas)
+            if n is None:
+                if missing_ok:
+                    continue
+                raise SystemExit("--finetune: run the frozen modality_attention rows first (make bench-quality)")
+        rows.append(FINETUNE_PREFIX + n)
+    return rows
 
 
 def encoders() -> tuple[TextEncoder, ImageEncoder]:
@@ -203,13 +226,21 @@ def attrflow_row(name: str, cfg: TrainConfig, ds: Dataset, out_root: Path, label
     result = train(cfg, ds, model_dir, progress=False,
                    on_epoch_end=lambda e, r: log(f"  {name} epoch {e}: loss {r['train_loss']:.4f} val f1_macro {r['validation']['f1_macro']:.4f} ({r['items_per_second']:.0f} items/s)"))
     seconds = time.perf_counter() - start
-    model = load_model(model_dir)
-    te = np.flatnonzero(ds.items["split"].to_numpy() == "test")
-    enc = cached_encodings(ds, model.text_encoder, model.image_encoder, model.needs_tokens, progress=False)
-    pred = predict_items(model, encodings=enc, index=te)
+    device = "cuda" if torch.cuda.is_available() else "cpu"
+    model = load_model(model_dir, device)
+    split = ds.items["split"].to_numpy()
+    te, va = np.flatnonzero(split == "test"), np.flatnonzero(split == "validation")
+    if cfg.training.frozen:
+        enc = cached_encodings(ds, model.text_encoder, model.image_encoder, model.needs_tokens, progress=False)
+        pred, val = (predict_items(model, encodings=enc, index=idx) for idx in (te, va))
+    else:  # fine-tuned encoders: the cache holds the pretrained ones' outputs, so run them on the rows
+        pred, val = (predict_items(model, ds.items.iloc[idx]) for idx in (te, va))
+    # Validation and test scores beside the model: what the ensemble selection reads.
+    save_probs(model_dir, val.probs, pred.probs)
     row: dict[str, Any] = {
         "config": cfg.model_dump(mode="json"),
         "model_dir": str(model_dir),
+        "hardware": torch.cuda.get_device_name() if device == "cuda" else f"CPU ({torch.get_num_threads()} torch threads)",
         "best_epoch": result.best_epoch,
         "epochs_run": result.epochs_run,
         "train_seconds": seconds,
@@ -231,6 +262,72 @@ def attrflow_row(name: str, cfg: TrainConfig, ds: Dataset, out_root: Path, label
         row["_image_weights"] = {s.name: pred.modality_weights[pred.has_image, a, 1] for a, s in enumerate(model.specs)}
     log(f"{name}: {seconds:.0f}s, test f1_macro " + " ".join(f"{k} {v['f1_macro']:.3f}" for k, v in row["attributes"].items()))
     return row
+
+
+# --- the ensemble ------------------------------------------------------------------------------------
+
+ENSEMBLE = "ensemble"
+def probs_path(model_dir: Path) -> Path:
+    """Beside each row's model folder (not in it, so exports stay clean): its validation and test probabilities."""
+    return Path(model_dir).with_name(Path(model_dir).name + ".probs.npz")
+
+
+def save_probs(model_dir: Path, validation: dict[str, np.ndarray], test: dict[str, np.ndarray]) -> None:
+    np.savez_compressed(probs_path(model_dir), **{f"validation.{a}": p for a, p in validation.items()},
+                        **{f"test.{a}": p for a, p in test.items()})
+
+
+def row_probs(model_dir: Path, ds: Dataset) -> dict[str, dict[str, np.ndarray]]:
+    """{"validation": {attribute: probs}, "test": ...} of a row's model (computed if an older run left none)."""
+    path = probs_path(model_dir)
+    if not path.is_file():
+        model = load_model(model_dir)
+        split = ds.items["split"].to_numpy()
+        rows = [np.flatnonzero(split == s) for s in ("validation", "test")]
+        if load_meta(model_dir)["includes_encoders"]:  # fine-tuned: not the cached encoders' outputs
+            save_probs(model_dir, *(predict_items(model, ds.items.iloc[r]).probs for r in rows))
+        else:
+            enc = cached_encodings(ds, model.text_encoder, model.image_encoder, model.needs_tokens, progress=False)
+            save_probs(model_dir, *(predict_items(model, encodings=enc, index=r).probs for r in rows))
+    out: dict[str, dict[str, np.ndarray]] = {"validation": {}, "test": {}}
+    for key, p in np.load(path).items():
+        s, _, a = key.partition(".")
+        out[s][a] = p
+    return out
+
+
+def ensemble_row(rows: dict[str, Any], ds: Dataset, labels: dict[str, np.ndarray], out_dir: Path) -> dict[str, Any]:
+    """An ensemble of the trained attrflow rows (components.models.ensemble): members picked by
+    greedy selection with replacement on validation mean macro-F1, the criterion that picks the
+    best row; test is not looked at. Written as a model folder that load_model reads."""
+    from components.models.ensemble import combine_models, select_members
+
+    start = time.perf_counter()
+    pool = [n for n in rows if n in ROWS]
+    split = ds.items["split"].to_numpy()
+    va, te = np.flatnonzero(split == "validation"), np.flatnonzero(split == "test")
+    probs = {n: row_probs(Path(rows[n]["model_dir"]), ds) for n in pool}
+    y_val = {a: labels[a][va] for a in ATTRIBUTES}
+    weights = select_members({n: p["validation"] for n, p in probs.items()}, y_val, {a: "multiclass" for a in ATTRIBUTES})
+    total = sum(weights.values())
+
+    def mix(s: str) -> dict[str, np.ndarray]:
+        return {a: sum(w * probs[n][s][a] for n, w in weights.items()) / total for a in ATTRIBUTES}
+
+    val, test = mix("validation"), mix("test")
+    combine_models({n: rows[n]["model_dir"] for n in weights}, weights, val, y_val, out_dir, extra={"bench_pool": pool})
+    save_probs(out_dir, val, test)
+    log(f"ensemble: {weights} (from {len(pool)} rows, {time.perf_counter() - start:.0f}s)")
+    return {
+        "config": {"selection": "greedy forward selection with replacement (Caruana et al. 2004), validation mean macro-F1",
+                   "pool": pool, "weights": weights},
+        "model_dir": str(out_dir),
+        # Training an ensemble is training its members, one after another.
+        "train_seconds": sum(rows[n]["train_seconds"] for n in weights) + time.perf_counter() - start,
+        "items_per_second": 1.0 / sum(1.0 / rows[n]["items_per_second"] for n in weights),
+        "validation_f1_macro": float(np.mean([_metrics(val[a], y_val[a])["f1_macro"] for a in ATTRIBUTES])),
+        "attributes": {a: _metrics(test[a], labels[a][te]) for a in ATTRIBUTES},
+    }
 
 
 # --- "colour hidden in text" ------------------------------------------------------------------------
@@ -348,13 +445,6 @@ def plot_modality_weights(weights: dict[str, dict[str, np.ndarray]], path: Path)
     fig.savefig(path)
 
 
-def test_probabilities(model_dir: Path, ds: Dataset) -> dict[str, np.ndarray]:
-    model = load_model(model_dir)
-    te = np.flatnonzero(ds.items["split"].to_numpy() == "test")
-    enc = cached_encodings(ds, model.text_encoder, model.image_encoder, model.needs_tokens, progress=False)
-    return predict_items(model, encodings=enc, index=te).probs
-
-
 def plot_pr(model_dir: Path, ds: Dataset, path: Path) -> None:
     from matplotlib.figure import Figure
 
@@ -423,6 +513,10 @@ def markdown(results: dict[str, Any]) -> str:
             lines.append(f"| {name}{' **(best)**' if name == results.get('best') else ''} | " + " | ".join(f"{v:.3f}" for v in vals)
                          + f" | {np.mean(vals):.3f} | {row['train_seconds']:.0f} | {row['items_per_second']:.0f} |")
         lines.append("")
+    if ENSEMBLE in rows:
+        ens = rows[ENSEMBLE]["config"]
+        lines += [f"`{ENSEMBLE}`: " + ", ".join(f"{n} x{w:g}" for n, w in ens["weights"].items())
+                  + f" (picked from {len(ens['pool'])} rows by {ens['selection']}; its validation score is the one it was picked on)", ""]
     ma = {n: r for n, r in rows.items() if n.startswith("modality_attention")}
     if ma:
         lines += ["## modality_attention: image weight per attribute (test, mean ± std)", "", "| lambda | " + " | ".join(ATTRIBUTES) + " |", "|---" * (len(ATTRIBUTES) + 1) + "|"]
@@ -443,6 +537,17 @@ def markdown(results: dict[str, Any]) -> str:
         if "embedding_cache_computed" in results:
             lines.append(f"- embedding cache when computed: {results['embedding_cache_computed']['seconds']:.0f} s")
         lines += [f"- row {k}: {v:.0f} s" for k, v in results.get("row_seconds", {}).items() if v is not None] + [""]
+    if results.get("timing_finetune"):
+        lines += ["## Timing of the fine-tuning run (make bench-finetune)", ""] + [f"- {k}: {v:.0f} s" for k, v in results["timing_finetune"].items()] + [""]
+    tuned = {n: r for n, r in rows.items() if n.startswith(FINETUNE_PREFIX)}
+    if tuned:
+        lines += ["## Fine-tuning rows", "", "| row | started from | steps x batch (products, share of an epoch) | hardware | validation macro-F1 |", "|---|---|---|---|---|"]
+        for n, r in tuned.items():
+            tr = r["config"]["training"]
+            seen = tr["max_steps"] * tr["batch_size"]
+            lines.append(f"| {n} | `{n.removeprefix(FINETUNE_PREFIX)}` (frozen row) | {tr['max_steps']} x {tr['batch_size']} ({seen:,}, "
+                         f"{seen / results['environment']['dataset']['splits']['train']:.2f}) | {r.get('hardware', '?')} | {r['validation_f1_macro']:.3f} |")
+        lines.append("")
     tg = results.get("targets")
     if tg:
         lines += ["## Targets", ""] + [f"- {k}: {'MET' if v['met'] else 'NOT MET'} ({v['detail']})" for k, v in tg.items()] + [""]
@@ -461,7 +566,7 @@ def best_lambda(rows: dict[str, Any]) -> str | None:
 def best_single_and_multimodal(rows: dict[str, Any]) -> tuple[str | None, str | None]:
     """The single-modality and the multimodal attrflow rows with the best validation macro-F1."""
     single = best_on_validation(rows, [n for n in ("text", "image") if n in rows])
-    return single, best_on_validation(rows, [n for n in rows if n in ROWS and n not in ("text", "image")])
+    return single, best_on_validation(rows, [n for n in rows if (n in ROWS or n == ENSEMBLE) and n not in ("text", "image")])
 
 
 def seed_spread(rows: dict[str, Any], seeded: dict[str, Any]) -> dict[str, Any]:
@@ -606,7 +711,8 @@ def main() -> None:
     ap.add_argument("--skip-colour-hidden", action="store_true")
     ap.add_argument("--colour-rows", default=",".join(COLOUR_ROWS), help="rows of the colour-hidden table to run")
     ap.add_argument("--no-report", action="store_true", help="only compute rows (e.g. to run several processes side by side)")
-    ap.add_argument("--finetune", action="store_true", help="also run the (slow) full fine-tuning rows: " + ",".join(FINETUNE_ROWS))
+    ap.add_argument("--finetune", action="store_true", help="also run the (slow) fine-tuning rows, after the frozen ones: "
+                    + ",".join(FINETUNE_PREFIX + n for n in FINETUNE_OF) + " (best lambda)")
     ap.add_argument("--seeds", default="", help="comma-separated extra training seeds: each selected row is also trained "
                     "as ROW@seedN (the run-to-run table; the default seed is 0)")
     ap.add_argument("--jobs", type=int, default=2, help="run the rows in this many processes side by side, one torch thread "
@@ -648,7 +754,7 @@ def main() -> None:
 
     names = list(ROWS) if args.rows == "all" else [] if args.rows == "none" else args.rows.split(",")
     if args.finetune:
-        names += list(FINETUNE_ROWS)
+        names += finetune_rows(args.out)
     names += [f"{n}@seed{s}" for n in names if n in ROWS for s in args.seeds.split(",") if s]
     colour_rows = [] if args.skip_colour_hidden else [r for r in args.colour_rows.split(",") if r]
 
@@ -673,7 +779,7 @@ def main() -> None:
         """Rows in bench/results/rows/ made with this script's current config (others are stale)."""
         found = {}
         attributes = COLOUR_ATTRIBUTES if prefix else ATTRIBUTES
-        for n in names or ["tfidf_lr", *ROWS, *FINETUNE_ROWS]:
+        for n in names or ["tfidf_lr", *ROWS, *finetune_rows(args.out, missing_ok=True)]:
             p = args.out / "rows" / f"{prefix}{n}.json"
             if not p.is_file():
                 continue
@@ -723,6 +829,11 @@ def main() -> None:
     if ch_rows and (args.out / "rows" / "colour_hidden.json").is_file():
         results["colour_hidden"] = {**json.loads((args.out / "rows" / "colour_hidden.json").read_text()), "rows": ch_rows}
     attrflow_rows = [n for n in results["rows"] if n in ROWS]
+    if len(attrflow_rows) > 1:
+        t0 = time.perf_counter()
+        results["rows"][ENSEMBLE] = ensemble_row(results["rows"], ds, labels, home / "bench" / "quality" / ENSEMBLE)
+        timing["ensemble"] = time.perf_counter() - t0
+        attrflow_rows.append(ENSEMBLE)
     results["best"] = best_on_validation(results["rows"], attrflow_rows)
     best_dir = Path(results["rows"][results["best"]]["model_dir"])
     log(f"best (validation macro-F1): {results['best']}")
@@ -738,6 +849,11 @@ def main() -> None:
     log(f"registry: {results['registry']}")
 
     results["timing"] = timing
+    previous = args.out / "quality.json"
+    if args.rows == "none" and args.finetune and previous.is_file():
+        # A run of the fine-tuning rows alone (make bench-finetune) keeps the frozen run's timing.
+        results["timing"] = json.loads(previous.read_text()).get("timing", {})
+        results["timing_finetune"] = timing
     if cache_record.is_file():
         results["embedding_cache_computed"] = json.loads(cache_record.read_text())
     results["row_seconds"] = {n: r.get("wall_seconds", r.get("train_seconds")) for n, r in results["rows"].items()}
@@ -745,7 +861,7 @@ def main() -> None:
         results["row_seconds"].update({f"colour_hidden-{n}": r.get("wall_seconds", r.get("train_seconds")) for n, r in ch_rows.items()})
     if "tfidf_lr" in results["rows"]:
         rows = results["rows"]
-        probs = {n: test_probabilities(Path(rows[n]["model_dir"]), ds) for n in {results["best"], *best_single_and_multimodal(rows)} if n}
+        probs = {n: row_probs(Path(rows[n]["model_dir"]), ds)["test"] for n in {results["best"], *best_single_and_multimodal(rows)} if n}
         if (home / TFIDF_PROBS).is_file():
             probs["tfidf_lr"] = dict(np.load(home / TFIDF_PROBS))
         te = ds.items["split"].to_numpy() == "test"
@@ -761,7 +877,8 @@ def main() -> None:
 # --- running rows side by side -----------------------------------------------------------------------
 
 # Longest first, so the lanes finish together (rough seconds per row in a lane on the 2-core reference machine).
-_ROW_COST = {"modality_attention": 450, "concat": 420, "late": 415, "cross_attention": 360, "image": 255, "text": 220, "tfidf_lr": 150}
+_ROW_COST = {"finetune-modality_attention": 900, "finetune-concat": 900, "finetune-image": 400, "finetune-text": 300,
+             "modality_attention": 450, "concat": 420, "late": 415, "cross_attention": 360, "image": 255, "text": 220, "tfidf_lr": 150}
 
 
 @dataclass

@@ -33,7 +33,7 @@ def predict_items(
 ) -> Predictions:
     """Scores for products, from cached encodings (rows `index`) or from raw rows `items`."""
     model.eval()
-    device = next(model.fusion.parameters()).device
+    device = next(model.parameters()).device
     probs: dict[str, list[np.ndarray]] = {s.name: [] for s in model.specs}
     weights, has_image = [], []
     if encodings is not None:

@@ -88,6 +88,21 @@ def test_a_seeded_row_is_its_row_with_another_training_seed():
         quality.row_config("no_such_row@seed1")
 
 
+def test_a_finetune_row_fine_tunes_its_frozen_row_from_its_weights(tmp_path, attrflow_home):
+    base, tuned = quality.row_config("concat"), quality.row_config("finetune-concat")
+    assert tuned.model == base.model and base.training.frozen and not tuned.training.frozen
+    assert tuned.training.init_from == (attrflow_home / "bench" / "quality" / "concat").resolve()
+    assert tuned.training.max_steps == quality.FINETUNE["max_steps"]
+    # modality_attention: the lambda with the best validation score among the stored frozen rows.
+    (tmp_path / "rows").mkdir()
+    with pytest.raises(SystemExit, match="frozen modality_attention rows first"):
+        quality.finetune_rows(tmp_path)
+    assert quality.finetune_rows(tmp_path, missing_ok=True) == ["finetune-text", "finetune-image", "finetune-concat"]
+    for lam, score in (("0", 0.80), ("0.1", 0.86), ("0.01", 0.84)):
+        (tmp_path / "rows" / f"modality_attention_l{lam}.json").write_text(f'{{"validation_f1_macro": {score}}}')
+    assert quality.finetune_rows(tmp_path)[-1] == "finetune-modality_attention_l0.1"
+
+
 def test_seed_spread_counts_the_seeds_that_beat_the_bar():
     rows = {"tfidf_lr": _row(0, {"gender": 0.90}), "concat": _row(0, {"gender": 0.95}), "text": _row(0, {})}
     seeded = {"concat@seed1": _row(1, {"gender": 0.85}), "concat@seed2": _row(2, {"gender": 0.92})}

@@ -175,3 +175,23 @@ def test_cli_train_evaluate_predict(tmp_path, demo_dataset):
     assert out.exit_code == 2 and "does not exist" in out.output
     out = runner.invoke(app, ["evaluate", str(tmp_path / "nope"), "--dataset", str(demo_dataset.path)])
     assert out.exit_code == 2
+
+
+def test_max_steps_ends_training_within_the_step_budget(tmp_path, demo_dataset):
+    result = train(_config("concat", epochs=4, max_steps=5), demo_dataset, tmp_path / "m", progress=False)
+    assert result.epochs_run == 1  # 5 steps of 16 are less than one epoch of the demo's training rows
+    steps = torch.load(tmp_path / "m" / "checkpoint" / "optimizer.pt", weights_only=True)["scheduler"]["last_epoch"]
+    assert steps == 5
+
+
+def test_init_from_starts_from_a_trained_model(tmp_path, demo_dataset):
+    first = train(_config("concat", epochs=2), demo_dataset, tmp_path / "a", progress=False).model_dir
+    # A learning rate of ~0 keeps the loaded weights: the second model starts where the first ended.
+    second = train(_config("concat", epochs=1, lr_head=1e-12, warmup_share=0.0, init_from=str(first)), demo_dataset,
+                   tmp_path / "b", progress=False).model_dir
+    a, b = load_file(str(first / "model.safetensors")), load_file(str(second / "model.safetensors"))
+    assert a.keys() == b.keys() and all(torch.allclose(a[k], b[k], atol=1e-6) for k in a)
+    fresh = load_file(str(train(_config("concat", epochs=1, lr_head=1e-12), demo_dataset, tmp_path / "c", progress=False).model_dir / "model.safetensors"))
+    assert not all(torch.allclose(a[k], fresh[k], atol=1e-6) for k in a)  # without it: a random start
+    with pytest.raises(ValueError, match="another model config"):
+        train(_config("late", epochs=1, init_from=str(first)), demo_dataset, tmp_path / "d", progress=False)

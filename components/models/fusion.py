@@ -118,6 +118,7 @@ def create_fusion(
 class Fusion(nn.Module):
     name: ClassVar[str]
     needs_tokens: ClassVar[bool] = False
+    reads_image: ClassVar[bool] = True  # False: the model need not run the image encoder at all
 
     def __init__(self, config, text_dim: int, image_dim: int, attributes: list[HeadSpec], head: HeadConfig):
         super().__init__()
@@ -134,6 +135,8 @@ def _zero(f: Features) -> torch.Tensor:
 
 @register_fusion("text")
 class TextOnly(Fusion):
+    reads_image = False
+
     def __init__(self, config, text_dim, image_dim, attributes, head):
         super().__init__(config, text_dim, image_dim, attributes, head)
         self.norm = nn.LayerNorm(text_dim)

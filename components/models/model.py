@@ -104,6 +104,9 @@ class AttributeModel(nn.Module):
         text_inputs = {k: batch[k] for k in ("input_ids", "attention_mask", "token_type_ids") if k in batch}
         t = self.text_encoder(**text_inputs)
         has_image = batch["has_image"]
+        if not self.fusion.reads_image:  # e.g. `text`: skip the CNN (most of a fine-tuning step's cost)
+            return Features(text=t.pooled, image=t.pooled.new_zeros(len(has_image), self.image_encoder.dim), has_image=has_image,
+                            lexical=LexicalBatch.from_dict(batch) if self.lexical is not None else None)
         i = self.image_encoder(batch["pixels"])
         keep = has_image[:, None].to(i.pooled.dtype)
         return Features(
@@ -184,10 +187,16 @@ def save_model(
 
 
 def load_model(model_dir: str | Path, device: str | torch.device = "cpu") -> AttributeModel:
+    """A saved model folder -> its model in eval mode (an `EnsembleModel` for an ensemble folder,
+    which predicts like an `AttributeModel`)."""
     model_dir = Path(model_dir)
     if not (model_dir / CONFIG).is_file():
         raise FileNotFoundError(f"{model_dir} is not a saved attrflow model (no {CONFIG})")
     meta = json.loads((model_dir / CONFIG).read_text())
+    if "ensemble" in meta:
+        from components.models.ensemble import load_ensemble  # it builds on this module
+
+        return load_ensemble(model_dir, meta, device)  # type: ignore[return-value]
     vocab = {k: Vocab.model_validate(v) for k, v in json.loads((model_dir / VOCAB).read_text()).items()}
     model = AttributeModel(ModelConfig.model_validate(meta["model"]), vocab)
     state = load_file(str(model_dir / WEIGHTS))

@@ -58,6 +58,13 @@ class TrainingConfig(BaseModel):
     # probability (the fusions' missing-image path), so a model cannot lean on memorised image
     # features alone and keeps using the text. 0 = off.
     image_dropout: float = Field(0.0, ge=0, lt=1)
+    # A budget in optimizer steps (the schedule spans them; the last epoch may end early), for
+    # fine-tuning on a CPU. None = every epoch in full.
+    max_steps: int | None = Field(None, ge=1)
+    # Start the fusion, heads and lexical channel from a trained model folder with the same
+    # model config (its encoders may be frozen ones): "linear probing, then fine-tuning"
+    # (Kumar et al., 2022) when this run fine-tunes the encoders. None = random init.
+    init_from: Path | None = None
 
 
 class TrainConfig(BaseModel):
@@ -134,9 +141,12 @@ def train(
         encodings = cached_encodings(
             dataset, model.text_encoder, model.image_encoder, model.needs_tokens, device=device, progress=progress
         )
+    if cfg.init_from is not None:
+        _init_from(model, config.model, Path(cfg.init_from))
     optimizer = _optimizer(model, cfg)
     steps_per_epoch = math.ceil(len(train_idx) / cfg.batch_size)
-    scheduler = _warmup_cosine(optimizer, cfg.warmup_share, cfg.epochs * steps_per_epoch)
+    total_steps = min(cfg.epochs * steps_per_epoch, cfg.max_steps or math.inf)
+    scheduler = _warmup_cosine(optimizer, cfg.warmup_share, total_steps)
     # Re-seed after setup: encoding the cache on a miss consumes random numbers (DataLoader
     # seeds), and a run must not depend on whether the cache was warm.
     torch.manual_seed(cfg.seed)
@@ -148,7 +158,7 @@ def train(
     amp = torch.autocast("cuda", dtype=torch.bfloat16) if device.type == "cuda" else nullcontext()
 
     for epoch in range(state["epoch"], cfg.epochs):
-        if state["bad_epochs"] >= cfg.patience:
+        if state["bad_epochs"] >= cfg.patience or scheduler.last_epoch >= total_steps:
             break
         model.train()
         if cfg.frozen:  # frozen encoders stay in eval mode (no dropout, fixed batch-norm statistics)
@@ -160,6 +170,8 @@ def train(
         bar = tqdm(batches, total=steps_per_epoch, desc=f"epoch {epoch + 1}/{cfg.epochs}", disable=not progress, mininterval=1.0)
         seen, loss_sum, start = 0, 0.0, time.perf_counter()
         for batch_idx, forward in bar:
+            if scheduler.last_epoch >= total_steps:  # the step budget is spent
+                break
             with amp:
                 out = forward()
             y = {k: v[batch_idx].to(device) for k, v in labels.items()}
@@ -264,6 +276,16 @@ def _batches(model, dataset, encodings, order, cfg: TrainingConfig, device, drop
         batch["has_image"] = _drop_images(batch["has_image"], cfg.image_dropout, drop)
         batch = {k: v.to(device) for k, v in batch.items()}
         yield idx, (lambda batch=batch: model(batch))
+
+
+def _init_from(model: AttributeModel, config: ModelConfig, source: Path) -> None:
+    """Start from a trained model folder's weights: fusion, heads, lexical channel (and encoders when it has them)."""
+    meta = json.loads((source / "config.json").read_text()) if (source / "config.json").is_file() else None
+    if meta is None or "model" not in meta:
+        raise ValueError(f"init_from: {source} is not a saved attrflow model")
+    if ModelConfig.model_validate(meta["model"]) != config:
+        raise ValueError(f"init_from: {source} was trained with another model config; it must be this run's")
+    _load_trainable(model, source / "model.safetensors")  # with its encoders, if it stored them
 
 
 def _optimizer(model: AttributeModel, cfg: TrainingConfig) -> torch.optim.Optimizer:
