@@ -112,3 +112,31 @@ def test_ensemble_refuses_members_that_do_not_fit_together(trained, tmp_path):
         EnsembleModel({"text": members["text"], "narrow": narrow}, {"text": 1, "narrow": 1}, shared_encoders=True)
     with pytest.raises(ValueError, match="no member has a weight"):
         combine_models(dirs, {"text": 0.0}, {}, {}, tmp_path / "e")
+
+
+@pytest.mark.slow
+def test_an_ensemble_of_real_default_encoder_models_predicts_a_product(tmp_path):
+    """The offline default encoders (MiniLM + EfficientNet-Lite0), frozen, shared by two members."""
+    spec = write_demo_catalog(tmp_path / "catalog", n=80, seed=4)
+    ds = load_dataset(ingest(load_spec(spec), home=tmp_path / "home").dataset_dir)
+    dirs = {}
+    for fusion in ("text", "concat"):
+        cfg = TrainConfig.model_validate({
+            "model": {"text": {"max_length": 16}, "image": {"image_size": [64, 64]}, "fusion": {"name": fusion},
+                      "lexical": {"buckets": 1024, "dim": 8, "dropout": 0.2}},
+            "training": {"epochs": 1, "batch_size": 16},
+        })
+        dirs[fusion] = train(cfg, ds, tmp_path / fusion, progress=False).model_dir
+    members = {n: load_model(d) for n, d in dirs.items()}
+    val = {n: _probs(m, ds, "validation").probs for n, m in members.items()}
+    labels = {k: v.numpy()[ds.items["split"].to_numpy() == "validation"] for k, v in encode_labels(ds.items, members["text"].vocab).items()}
+    mix = {a: (val["text"][a] + val["concat"][a]) / 2 for a in val["text"]}
+    out = combine_models(dirs, {"text": 1.0, "concat": 1.0}, mix, labels, tmp_path / "ens")
+    item = ds.items.dropna(subset=["image_path"]).iloc[0]
+    got = predict_product(out, title=item["title"], image=item["image_path"])
+    parts = [predict_product(d, title=item["title"], image=item["image_path"]) for d in dirs.values()]
+    for attr, res in got["attributes"].items():
+        top = res["values"][0]
+        want = np.mean([next((v["score"] for v in p["attributes"][attr]["values"] if v["value"] == top["value"]), np.nan) for p in parts])
+        if not np.isnan(want):  # the value is in both members' top 3
+            assert top["score"] == pytest.approx(want, abs=2e-4)
