@@ -50,12 +50,12 @@ import yaml  # noqa: E402
 
 from components.catalog import ingest, load_dataset, load_spec  # noqa: E402
 from components.catalog.dataset import Dataset  # noqa: E402
+from components.evaluation.evaluate import predict_split  # noqa: E402
 from components.evaluation.metrics import attribute_metrics, modality_weight_stats  # noqa: E402
 from components.features.cache import cache_path, cached_encodings, save_atomic  # noqa: E402
 from components.features.preprocess import encode_labels  # noqa: E402
 from components.models.encoders import ImageEncoder, ImageEncoderConfig, TextEncoder, TextEncoderConfig  # noqa: E402
-from components.models.model import load_meta, load_model  # noqa: E402
-from components.predict import predict_items  # noqa: E402
+from components.models.model import load_model  # noqa: E402
 from components.settings import get_settings  # noqa: E402
 from components.training.trainer import TrainConfig, train  # noqa: E402
 
@@ -228,15 +228,10 @@ def attrflow_row(name: str, cfg: TrainConfig, ds: Dataset, out_root: Path, label
     seconds = time.perf_counter() - start
     device = "cuda" if torch.cuda.is_available() else "cpu"
     model = load_model(model_dir, device)
-    split = ds.items["split"].to_numpy()
-    te, va = np.flatnonzero(split == "test"), np.flatnonzero(split == "validation")
-    if cfg.training.frozen:
-        enc = cached_encodings(ds, model.text_encoder, model.image_encoder, model.needs_tokens, progress=False)
-        pred, val = (predict_items(model, encodings=enc, index=idx) for idx in (te, va))
-    else:  # fine-tuned encoders: the cache holds the pretrained ones' outputs, so run them on the rows
-        pred, val = (predict_items(model, ds.items.iloc[idx]) for idx in (te, va))
+    te = np.flatnonzero(ds.items["split"].to_numpy() == "test")
+    pred = predict_split(model, model_dir, ds, "test")
     # Validation and test scores beside the model: what the ensemble selection reads.
-    save_probs(model_dir, val.probs, pred.probs)
+    save_probs(model_dir, result.validation_probs, pred.probs)
     row: dict[str, Any] = {
         "config": cfg.model_dump(mode="json"),
         "model_dir": str(model_dir),
@@ -267,6 +262,8 @@ def attrflow_row(name: str, cfg: TrainConfig, ds: Dataset, out_root: Path, label
 # --- the ensemble ------------------------------------------------------------------------------------
 
 ENSEMBLE = "ensemble"
+
+
 def probs_path(model_dir: Path) -> Path:
     """Beside each row's model folder (not in it, so exports stay clean): its validation and test probabilities."""
     return Path(model_dir).with_name(Path(model_dir).name + ".probs.npz")
@@ -282,13 +279,7 @@ def row_probs(model_dir: Path, ds: Dataset) -> dict[str, dict[str, np.ndarray]]:
     path = probs_path(model_dir)
     if not path.is_file():
         model = load_model(model_dir)
-        split = ds.items["split"].to_numpy()
-        rows = [np.flatnonzero(split == s) for s in ("validation", "test")]
-        if load_meta(model_dir)["includes_encoders"]:  # fine-tuned: not the cached encoders' outputs
-            save_probs(model_dir, *(predict_items(model, ds.items.iloc[r]).probs for r in rows))
-        else:
-            enc = cached_encodings(ds, model.text_encoder, model.image_encoder, model.needs_tokens, progress=False)
-            save_probs(model_dir, *(predict_items(model, encodings=enc, index=r).probs for r in rows))
+        save_probs(model_dir, *(predict_split(model, model_dir, ds, s).probs for s in ("validation", "test")))
     out: dict[str, dict[str, np.ndarray]] = {"validation": {}, "test": {}}
     for key, p in np.load(path).items():
         s, _, a = key.partition(".")
@@ -453,8 +444,7 @@ def plot_pr(model_dir: Path, ds: Dataset, path: Path) -> None:
 
     model = load_model(model_dir)
     te = np.flatnonzero(ds.items["split"].to_numpy() == "test")
-    enc = cached_encodings(ds, model.text_encoder, model.image_encoder, model.needs_tokens, progress=False)
-    pred = predict_items(model, encodings=enc, index=te)
+    pred = predict_split(model, model_dir, ds, "test")
     labels = {k: v.numpy()[te] for k, v in encode_labels(ds.items, model.vocab).items()}
     fig = Figure(figsize=(5.5, 4), dpi=90)
     ax = fig.subplots()
@@ -694,11 +684,9 @@ def _run_row(out: Path, name: str, config: dict[str, Any], fn, reuse: bool) -> d
 
 def plot_weights_of(model_dirs: dict[str, Path], ds: Dataset, path: Path) -> None:
     weights = {}
-    te = np.flatnonzero(ds.items["split"].to_numpy() == "test")
     for name, d in model_dirs.items():
         model = load_model(d)
-        enc = cached_encodings(ds, model.text_encoder, model.image_encoder, False, progress=False)
-        pred = predict_items(model, encodings=enc, index=te)
+        pred = predict_split(model, d, ds, "test")
         weights[name] = {s.name: pred.modality_weights[pred.has_image, a, 1] for a, s in enumerate(model.specs)}
     plot_modality_weights(weights, path)
 

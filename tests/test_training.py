@@ -14,7 +14,7 @@ from typer.testing import CliRunner
 from attrflow.cli import app
 from components.catalog import ingest, load_dataset, load_spec
 from components.catalog.demo import write_demo_catalog
-from components.evaluation.evaluate import evaluate
+from components.evaluation.evaluate import evaluate, predict_split
 from components.features.cache import cache_path
 from components.models.encoders import TextEncoder
 from components.models.model import load_model, load_thresholds
@@ -93,6 +93,10 @@ def test_early_stopping_stops_when_validation_stops_improving(tmp_path, demo_dat
 
 def test_saved_model_has_thresholds_and_evaluates(tmp_path, demo_dataset):
     result = train(_config("late", epochs=2), demo_dataset, tmp_path / "m", progress=False)
+    # The validation scores train() returns are the saved model's.
+    again = predict_split(load_model(result.model_dir), result.model_dir, demo_dataset, "validation").probs
+    assert set(result.validation_probs) == set(again)
+    assert all(np.allclose(result.validation_probs[a], again[a], atol=1e-6) for a in again)
     thresholds = load_thresholds(result.model_dir)
     assert set(thresholds) == {"category", "colour", "material", "pattern"}
     assert len(thresholds["colour"]) == len(demo_dataset.vocab["colour"].values)

@@ -28,15 +28,16 @@ def evaluate(
     rows = dataset.split(split)
     if rows.empty:
         raise ValueError(f"{dataset.path}: split {split!r} has no rows")
-    pred = _predict(model, model_dir, dataset, split, progress)
+    pred = predict_split(model, model_dir, dataset, split, progress)
     labels = {k: v.numpy() for k, v in encode_labels(rows, model.vocab).items()}
     report, curves, weights = build_report(model, pred, labels, str(model_dir), str(dataset.path), split, target)
     out_dir = Path(out_dir) if out_dir else Path(model_dir) / f"eval-{split}"
     return report, write_report(report, out_dir, curves, weights, target)
 
 
-def _predict(model: AttributeModel, model_dir, dataset: Dataset, split: str, progress: bool) -> Predictions:
-    # Frozen pretrained encoders: their outputs are in the embedding cache, no need to run them again.
+def predict_split(model: AttributeModel, model_dir, dataset: Dataset, split: str, progress: bool = False) -> Predictions:
+    """Scores of a saved model on a split ("all": every row). Frozen pretrained encoders: their
+    outputs are in the embedding cache, no need to run them again; fine-tuned ones run on the rows."""
     if not load_meta(model_dir)["includes_encoders"]:
         enc = cached_encodings(dataset, model.text_encoder, model.image_encoder, model.needs_tokens, progress=progress)
         index = np.arange(len(dataset.items)) if split == "all" else np.flatnonzero(dataset.items["split"] == split)

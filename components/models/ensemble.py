@@ -49,7 +49,7 @@ class EnsembleModel(nn.Module):
         self.members = nn.ModuleList(members.values())
         first = self.members[0]
         for name, m in members.items():
-            if {k: v.model_dump() for k, v in m.vocab.items()} != {k: v.model_dump() for k, v in first.vocab.items()}:
+            if m.vocab != first.vocab:
                 raise ValueError(f"ensemble member {name!r} predicts other attributes or values than {self.names[0]!r}")
         total = sum(weights[n] for n in self.names)
         if total <= 0:
@@ -71,7 +71,7 @@ class EnsembleModel(nn.Module):
     def forward_features(self, batch: dict[str, torch.Tensor]) -> Features:
         # The shared encoders' outputs, as complete as any member needs them (tokens, image).
         f = max(self.members, key=lambda m: (m.needs_tokens, m.fusion.reads_image)).forward_features(batch)
-        # Members with a lexical channel need the n-grams even when the first member has none.
+        # Members with a lexical channel need the n-grams even when that member has none.
         return replace(f, lexical=LexicalBatch.from_dict(batch)) if "lexical_ids" in batch else f
 
     def forward_head(self, features: Features) -> FusionOutput:

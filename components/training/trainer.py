@@ -27,7 +27,7 @@ from components.catalog.dataset import Dataset
 from components.evaluation.metrics import attribute_metrics, value_thresholds
 from components.features.cache import Encodings, cached_encodings
 from components.features.preprocess import collate_fn, encode_labels, records
-from components.models.model import AttributeModel, ModelConfig, Vocab, create_model, save_model
+from components.models.model import CONFIG, WEIGHTS, AttributeModel, ModelConfig, Vocab, create_model, load_meta, save_model
 from components.predict import predict_items
 from components.training.losses import log_class_priors, supervised_loss
 from components.yaml_files import describe_errors, read_yaml_mapping
@@ -98,6 +98,7 @@ class TrainResult:
     validation: dict[str, dict[str, Any]]  # attribute -> metrics at the best epoch
     history: list[dict[str, Any]]
     items_per_second: float
+    validation_probs: dict[str, np.ndarray]  # attribute -> the best model's validation scores
 
 
 EpochCallback = Callable[[int, dict[str, Any]], None]
@@ -231,7 +232,7 @@ def train(
     )
     (out_dir / "history.json").write_text(json.dumps(state["history"], indent=1))
     (out_dir / "validation_metrics.json").write_text(json.dumps(validation, indent=1))
-    return TrainResult(out_dir, state["best_epoch"], state["epoch"], validation, state["history"], speed)
+    return TrainResult(out_dir, state["best_epoch"], state["epoch"], validation, state["history"], speed, pred.probs)
 
 
 def evaluate_arrays(
@@ -280,12 +281,12 @@ def _batches(model, dataset, encodings, order, cfg: TrainingConfig, device, drop
 
 def _init_from(model: AttributeModel, config: ModelConfig, source: Path) -> None:
     """Start from a trained model folder's weights: fusion, heads, lexical channel (and encoders when it has them)."""
-    meta = json.loads((source / "config.json").read_text()) if (source / "config.json").is_file() else None
-    if meta is None or "model" not in meta:
+    meta = load_meta(source) if (source / CONFIG).is_file() else {}
+    if "model" not in meta:
         raise ValueError(f"init_from: {source} is not a saved attrflow model")
     if ModelConfig.model_validate(meta["model"]) != config:
         raise ValueError(f"init_from: {source} was trained with another model config; it must be this run's")
-    _load_trainable(model, source / "model.safetensors")  # with its encoders, if it stored them
+    _load_trainable(model, source / WEIGHTS)  # with its encoders, if it stored them
 
 
 def _optimizer(model: AttributeModel, cfg: TrainingConfig) -> torch.optim.Optimizer:
