@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import argparse
 import csv
+import ctypes
 import json
 import os
 import platform
@@ -691,6 +692,22 @@ def plot_weights_of(model_dirs: dict[str, Path], ds: Dataset, path: Path) -> Non
     plot_modality_weights(weights, path)
 
 
+def keep_freed_memory() -> None:
+    """Have glibc keep freed memory for reuse instead of returning it to the system.
+
+    A training step allocates and frees tensors larger than glibc's mmap threshold (the 33 MB
+    gradient of the lexical table): by default each is a fresh mmap whose pages the kernel
+    zeroes on first touch, every step. This makes a frozen row ~10% faster; results are
+    unchanged. A no-op where the C library is not glibc."""
+    try:
+        libc = ctypes.CDLL("libc.so.6")
+    except OSError:
+        return
+    M_TRIM_THRESHOLD, M_MMAP_MAX = -1, -4
+    libc.mallopt(M_MMAP_MAX, 0)  # large blocks come from the heap too
+    libc.mallopt(M_TRIM_THRESHOLD, 2**31 - 1)  # and freed ones stay there
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--rows", default="all", help="comma-separated attrflow rows, 'all' (default) or 'none': " + ",".join(ROWS))
@@ -713,6 +730,7 @@ def main() -> None:
     args = ap.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
+    keep_freed_memory()
     home = get_settings().home.resolve()
     args.out.mkdir(parents=True, exist_ok=True)
     t_all = time.perf_counter()
