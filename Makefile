@@ -54,7 +54,7 @@ bench-quality: setup  ## the quality benchmark on the real fashion catalog (benc
 	$(BIN)/python bench/quality.py
 
 # The fine-tuning regime: text, image, concat and the best modality_attention, each warm-started
-# from its frozen row and trained with its encoders for a step budget (~30 minutes on 2 cores);
+# from its frozen row and trained with its encoders for a step budget (~18 minutes on 2 cores);
 # adds its rows to the quality report.
 bench-finetune: setup  ## the fine-tuning rows (bench/quality.py --finetune; after bench-quality)
 	$(BIN)/python bench/quality.py --rows none --finetune --skip-tfidf --skip-colour-hidden --reuse

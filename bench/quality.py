@@ -122,7 +122,7 @@ COLOUR_ATTRIBUTES = ["baseColour"]
 # Full fine-tuning (--finetune, after the frozen rows): each row starts from its frozen row's
 # trained fusion and heads (`init_from`: linear probing, then fine-tuning, Kumar et al. 2022) and
 # trains the encoders too, for a budget of optimizer steps: on this 2-core CPU the fused rows run
-# at ~10-15 items/s a lane, so a full epoch (32k products) would take ~45 minutes a row.
+# at ~18 items/s a lane, so a full epoch (32k products) would take ~30 minutes a row.
 FINETUNE_OF = ["text", "image", "concat", "modality_attention"]  # the last one with the best lambda
 FINETUNE_PREFIX = "finetune-"
 FINETUNE: dict[str, Any] = {"frozen": False, "epochs": 1, "max_steps": 200, "batch_size": 32, "lr_head": 1e-4,
@@ -445,12 +445,12 @@ def plot_pr(model_dir: Path, ds: Dataset, path: Path) -> None:
 
     model = load_model(model_dir)
     te = np.flatnonzero(ds.items["split"].to_numpy() == "test")
-    pred = predict_split(model, model_dir, ds, "test")
+    probs = row_probs(model_dir, ds)["test"]  # stored by the row (or the ensemble), not scored again
     labels = {k: v.numpy()[te] for k, v in encode_labels(ds.items, model.vocab).items()}
     fig = Figure(figsize=(5.5, 4), dpi=90)
     ax = fig.subplots()
     for spec in model.specs:
-        s, c, n = ranking(pred.probs[spec.name], labels[spec.name], spec.kind)
+        s, c, n = ranking(probs[spec.name], labels[spec.name], spec.kind)
         p, r = precision_recall_points(s, c, n)
         ax.plot(r, p, label=spec.name, lw=1.2)
     ax.axhline(0.95, color="grey", ls="--", lw=0.8)
@@ -884,8 +884,8 @@ def main() -> None:
 # --- running rows side by side -----------------------------------------------------------------------
 
 # Longest first, so the lanes finish together (rough seconds per row in a lane on the 2-core reference machine).
-_ROW_COST = {"finetune-modality_attention": 900, "finetune-concat": 900, "finetune-image": 400, "finetune-text": 300,
-             "modality_attention": 450, "concat": 420, "late": 415, "cross_attention": 360, "image": 255, "text": 220, "tfidf_lr": 150}
+_ROW_COST = {"finetune-modality_attention": 490, "finetune-concat": 480, "finetune-image": 380, "finetune-text": 200,
+             "cross_attention": 430, "modality_attention": 280, "late": 280, "concat": 250, "image": 215, "tfidf_lr": 150, "text": 65}
 
 
 @dataclass

@@ -104,9 +104,9 @@ class AttributeModel(nn.Module):
         text_inputs = {k: batch[k] for k in ("input_ids", "attention_mask", "token_type_ids") if k in batch}
         t = self.text_encoder(**text_inputs)
         has_image = batch["has_image"]
+        lexical = LexicalBatch.from_dict(batch) if self.lexical is not None else None
         if not self.fusion.reads_image:  # e.g. `text`: skip the CNN (most of a fine-tuning step's cost)
-            return Features(text=t.pooled, image=t.pooled.new_zeros(len(has_image), self.image_encoder.dim), has_image=has_image,
-                            lexical=LexicalBatch.from_dict(batch) if self.lexical is not None else None)
+            return Features(text=t.pooled, image=t.pooled.new_zeros(len(has_image), self.image_encoder.dim), has_image=has_image, lexical=lexical)
         i = self.image_encoder(batch["pixels"])
         keep = has_image[:, None].to(i.pooled.dtype)
         return Features(
@@ -116,7 +116,7 @@ class AttributeModel(nn.Module):
             text_tokens=t.tokens if self.needs_tokens else None,
             text_mask=t.mask if self.needs_tokens else None,
             image_tokens=i.tokens * keep[:, :, None] if self.needs_tokens else None,
-            lexical=LexicalBatch.from_dict(batch) if self.lexical is not None else None,
+            lexical=lexical,
         )
 
     def forward_head(self, features: Features) -> FusionOutput:
