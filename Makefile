@@ -8,14 +8,19 @@ STAMP  := $(VENV)/.installed-stamp
 # Nothing at run time may reach a model hub: the default weights ship in packages.
 export HF_HUB_OFFLINE := 1
 export TRANSFORMERS_OFFLINE := 1
+# No BentoML usage tracking. The bentoml CLI reads this before it imports serving/ (whose
+# __init__ sets it too, for in-process use), so only the environment covers `bentoml serve/build`.
+export BENTOML_DO_NOT_TRACK := True
 
 ATTRFLOW_HOME ?= .attrflow
 UI_PORT       ?= 4200
+SERVE_PORT    ?= 3000
+MODEL         ?= demo
 # Prefect keeps its database under attrflow's data directory, so `make ui` shows the demo's runs.
 export PREFECT_HOME ?= $(abspath $(ATTRFLOW_HOME))/prefect
 export PREFECT_SERVER_ANALYTICS_ENABLED := false
 
-.PHONY: setup demo test ui clean bench bench-quality bench-finetune bench-seeds bench-tune
+.PHONY: setup demo test lint format serve ui clean bench bench-quality bench-finetune bench-seeds bench-tune
 
 setup: $(STAMP)
 
@@ -29,9 +34,21 @@ demo: setup  ## generate the demo catalog and run the main job on it
 	mkdir -p $(PREFECT_HOME)
 	$(BIN)/attrflow demo
 
-test: setup  ## the test suite
+test: setup lint  ## the checks below, then the test suite
 	mkdir -p $(PREFECT_HOME)
 	$(BIN)/python -m pytest -q $(PYTEST_ARGS)
+
+lint: setup  ## ruff (lint + format check) and the import contracts (pyproject.toml: [tool.importlinter])
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+	$(BIN)/lint-imports
+
+format: setup  ## apply ruff's fixes and formatting
+	$(BIN)/ruff check --fix .
+	$(BIN)/ruff format .
+
+serve: setup  ## the BentoML endpoint for MODEL's production version on http://127.0.0.1:$(SERVE_PORT)
+	$(BIN)/attrflow serve $(MODEL) --port $(SERVE_PORT)
 
 ui: setup  ## a local Prefect server + UI (http://127.0.0.1:$(UI_PORT)) serving attrflow's deployments
 	mkdir -p $(PREFECT_HOME)

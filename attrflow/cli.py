@@ -14,7 +14,22 @@ from components.catalog.demo import write_demo_catalog
 from components.catalog.readers import SourceError
 from components.settings import get_settings
 
-CONFIGS = Path(__file__).resolve().parent.parent / "configs"
+# The shipped YAML configs live in the checkout's configs/ (the README's commands name them).
+CHECKOUT_CONFIGS = Path(__file__).resolve().parent.parent / "configs"
+
+
+def _configs_dir(given: Path | None) -> Path:
+    """--configs, else ./configs, else the checkout's; a clear error when none has the model configs."""
+    for folder in (given,) if given else (Path("configs"), CHECKOUT_CONFIGS):
+        if (folder / "models").is_dir():
+            return folder
+    _fail(
+        f"no model configs found in {given or 'configs/ (here or beside the attrflow package)'}: "
+        "`attrflow demo` uses the configs/ folder of an attrflow checkout; run it from the checkout "
+        "or pass --configs PATH/TO/attrflow/configs"
+    )
+    raise AssertionError  # _fail exits
+
 
 app = typer.Typer(no_args_is_help=True, add_completion=False, help="Multimodal product attribute extraction.")
 app.add_typer(models_app, name="models")
@@ -74,7 +89,9 @@ def ingest_cmd(
 def train_cmd(
     config: Annotated[Path, typer.Argument(help="Training config (YAML), e.g. configs/models/concat.yaml.")],
     dataset: Annotated[Path, typer.Option(help="Dataset folder written by `attrflow ingest`.")],
-    out: Annotated[Path | None, typer.Option(help="Model folder (default ATTRFLOW_HOME/models/<dataset>/<config>).")] = None,
+    out: Annotated[
+        Path | None, typer.Option(help="Model folder (default ATTRFLOW_HOME/models/<dataset>/<config>).")
+    ] = None,
     resume: Annotated[bool, typer.Option(help="Continue an interrupted run from its last checkpoint.")] = False,
     epochs: Annotated[int | None, typer.Option(help="Override training.epochs.")] = None,
     as_json: Annotated[bool, typer.Option("--json", help="End with one JSON line of the result.")] = False,
@@ -90,11 +107,21 @@ def train_cmd(
         _fail(str(e))
     out = out or get_settings().home / "models" / ds.name / config.stem
     result = train(cfg, ds, out, resume=resume)
-    typer.echo(f"model: {result.model_dir} (best epoch {result.best_epoch} of {result.epochs_run}, "
-               f"{result.items_per_second:.0f} items/s)")
+    typer.echo(
+        f"model: {result.model_dir} (best epoch {result.best_epoch} of {result.epochs_run}, "
+        f"{result.items_per_second:.0f} items/s)"
+    )
     if as_json:
-        typer.echo(json.dumps({"model_dir": str(result.model_dir), "best_epoch": result.best_epoch,
-                               "validation": result.validation, "items_per_second": result.items_per_second}))
+        typer.echo(
+            json.dumps(
+                {
+                    "model_dir": str(result.model_dir),
+                    "best_epoch": result.best_epoch,
+                    "validation": result.validation,
+                    "items_per_second": result.items_per_second,
+                }
+            )
+        )
 
 
 @app.command("evaluate")
@@ -129,10 +156,15 @@ def predict_cmd(
     as_json: Annotated[bool, typer.Option("--json", help="Print the prediction as JSON.")] = False,
 ) -> None:
     """Predict one product's attributes; `published` marks values above their saved threshold."""
-    from components.predict import predict_product
+    from components.inference.predictor import Predictor, Product, decode_image
 
     try:
-        result = predict_product(model_dir, title, description, str(image) if image else None, top_k)
+        product = Product(title=title, description=description)
+        if image is not None:
+            if not image.is_file():
+                raise FileNotFoundError(f"image {image} does not exist")
+            product.image = decode_image(image.read_bytes(), field=f"image {image}")
+        result = Predictor(model_dir).predict([product], top_k=top_k).results[0]
     except (ValueError, FileNotFoundError) as e:
         _fail(str(e))
     if as_json:
@@ -153,14 +185,22 @@ def pipeline_cmd(
     model_name: Annotated[str | None, typer.Option(help="Registry model name (default: the dataset name).")] = None,
     source: Annotated[Path | None, typer.Option(help="Catalog file instead of the spec's source.")] = None,
     epochs: Annotated[int | None, typer.Option(help="Override training.epochs.")] = None,
-    search: Annotated[Path | None, typer.Option(help="Also run a hyperparameter search (YAML) and add its best model.")] = None,
+    search: Annotated[
+        Path | None, typer.Option(help="Also run a hyperparameter search (YAML) and add its best model.")
+    ] = None,
     as_json: Annotated[bool, typer.Option("--json", help="End with one JSON line of the result.")] = False,
 ) -> None:
     """Run the Prefect `pipeline` flow: ingest -> train -> evaluate -> register (+ promote)."""
     from flows.pipeline import pipeline_flow
 
-    result = pipeline_flow(str(spec), [str(c) for c in configs], model_name, str(source) if source else None, epochs,
-                           search=str(search) if search else None)
+    result = pipeline_flow(
+        str(spec),
+        [str(c) for c in configs],
+        model_name,
+        str(source) if source else None,
+        epochs,
+        search=str(search) if search else None,
+    )
     _print_candidates(result)
     if as_json:
         typer.echo(json.dumps(result, default=str))
@@ -171,11 +211,18 @@ def tune_cmd(
     spec_or_dataset: Annotated[Path, typer.Argument(help="Catalog spec (YAML; ingested first) or a dataset folder.")],
     search: Annotated[Path, typer.Argument(help="Search space (YAML), e.g. configs/search/default.yaml.")],
     trials: Annotated[int | None, typer.Option(help="Number of trials (default: the file's `trials`).")] = None,
-    address: Annotated[str | None, typer.Option(help="Ray cluster, e.g. ray://head:10001 (default: a local Ray).")] = None,
+    address: Annotated[
+        str | None, typer.Option(help="Ray cluster, e.g. ray://head:10001 (default: a local Ray).")
+    ] = None,
     model_name: Annotated[str | None, typer.Option(help="Registry model name (default: the dataset name).")] = None,
-    retrain: Annotated[bool | None, typer.Option("--retrain/--no-retrain",
-                                                 help="Retrain the best configuration on train + validation "
-                                                      "(default: the file's retrain_on_train_validation).")] = None,
+    retrain: Annotated[
+        bool | None,
+        typer.Option(
+            "--retrain/--no-retrain",
+            help="Retrain the best configuration on train + validation "
+            "(default: the file's retrain_on_train_validation).",
+        ),
+    ] = None,
     as_json: Annotated[bool, typer.Option("--json", help="End with one JSON line of the result.")] = False,
 ) -> None:
     """Run the Prefect `tune` flow: search (Optuna + ASHA on Ray Tune), record every trial,
@@ -195,15 +242,67 @@ def tune_cmd(
     ranked = sorted((t for t in result["trials"] if t["best"] is not None), key=lambda t: -t["best"])
     for i, t in enumerate(ranked[:10], 1):
         status = "stopped early" if t["stopped_early"] else "interrupted" if t["interrupted"] else t["status"]
-        rows.append(f"| {i} | {t['trial_id']} | {t['run_id']} | {t['params'].get('fusion')} | {t['best']:.4f} | "
-                    f"{t['epochs_run']} | {status} |")
-    typer.echo(f"\n{len(result['trials'])} trials {result['counts']}; best {result['best_trial']['metric']} on validation:\n")
+        rows.append(
+            f"| {i} | {t['trial_id']} | {t['run_id']} | {t['params'].get('fusion')} | {t['best']:.4f} | "
+            f"{t['epochs_run']} | {status} |"
+        )
+    typer.echo(
+        f"\n{len(result['trials'])} trials {result['counts']}; best {result['best_trial']['metric']} on validation:\n"
+    )
     typer.echo("\n".join(rows))
     decision = "promoted to production" if result["promoted"] else "kept as candidate"
-    typer.echo(f"\nregistered: {result['name']} v{result['version']} ({decision}); "
-               f"test {result['test']}\nleaderboard: {result['leaderboard']}\nplot: {result['plot']}")
+    typer.echo(
+        f"\nregistered: {result['name']} v{result['version']} ({decision}); "
+        f"test {result['test']}\nleaderboard: {result['leaderboard']}\nplot: {result['plot']}"
+    )
     if as_json:
         typer.echo(json.dumps(result, default=str))
+
+
+@app.command("serve")
+def serve_cmd(
+    model_name: Annotated[
+        str | None, typer.Argument(help="Registry model to serve (its production version, followed as it changes).")
+    ] = None,
+    model_dir: Annotated[
+        Path | None, typer.Option(help="Serve this model folder instead of a registered model.")
+    ] = None,
+    host: Annotated[str, typer.Option(help="Address to bind; 0.0.0.0 exposes it beyond this machine.")] = "127.0.0.1",
+    port: Annotated[int, typer.Option(help="HTTP port.")] = 3000,
+) -> None:
+    """Start the BentoML endpoint (serving/service.py) in this terminal: POST /predict, /predict_batch, GET /model."""
+    import os
+    import sys
+
+    if (model_name is None) == (model_dir is None):
+        _fail("give a MODEL_NAME (the registry's production version) or --model-dir, not both")
+    if model_dir is not None and not (model_dir / "config.json").is_file():
+        _fail(f"{model_dir} is not a saved attrflow model (no config.json)")
+    if model_name is not None:
+        from components.registry import Registry
+
+        with Registry() as registry:
+            if registry.get_production(model_name) is None:
+                _fail(f"model {model_name!r} has no production version (see `attrflow models list`)")
+    env = {**os.environ, "BENTOML_DO_NOT_TRACK": os.environ.get("BENTOML_DO_NOT_TRACK", "True")}
+    env["ATTRFLOW_HOME"] = str(get_settings().home.resolve())  # the server may run from another folder
+    if model_dir is not None:
+        env["ATTRFLOW_MODEL_DIR"] = str(model_dir.resolve())
+    else:
+        env["ATTRFLOW_MODEL_NAME"] = model_name
+    command = [
+        sys.executable,
+        "-m",
+        "bentoml",
+        "serve",
+        "serving.service:AttributeService",
+        "--host",
+        host,
+        "--port",
+        str(port),
+    ]
+    typer.echo(f"serving on http://{host}:{port} (Ctrl-C stops it): {' '.join(command[2:])}")
+    os.execvpe(sys.executable, command, env)
 
 
 def _print_candidates(result: dict) -> None:
@@ -211,7 +310,9 @@ def _print_candidates(result: dict) -> None:
     for c in result["candidates"]:
         decision = "promoted" if c["promoted"] else "candidate"
         for attr, m in c["metrics"]["attributes"].items():
-            rows.append(f"| v{c['version']} | {c['fusion']} | {attr} | {m['f1_macro']:.3f} | {m['r_at_p95']:.3f} | {decision} |")
+            rows.append(
+                f"| v{c['version']} | {c['fusion']} | {attr} | {m['f1_macro']:.3f} | {m['r_at_p95']:.3f} | {decision} |"
+            )
     typer.echo("\nTest split:\n\n" + "\n".join(rows))
     typer.echo(f"\nproduction model: {result['candidates'][0]['name']} v{result['production_version']}")
 
@@ -220,17 +321,31 @@ def _print_candidates(result: dict) -> None:
 def demo(
     n: Annotated[int, typer.Option(help="Number of demo products.")] = 2000,
     seed: Annotated[int, typer.Option(help="Random seed.")] = 0,
-    fusions: Annotated[str, typer.Option(help="Comma-separated fusion configs to train (configs/models/<name>.yaml).")] = "text,concat,modality_attention",
+    fusions: Annotated[
+        str, typer.Option(help="Comma-separated fusion configs to train (configs/models/<name>.yaml).")
+    ] = "text,concat,modality_attention",
+    configs_dir: Annotated[
+        Path | None, typer.Option("--configs", help="The configs/ folder (default: ./configs, else the checkout's).")
+    ] = None,
 ) -> None:
     """The main job on the built-in demo catalog, as a Prefect flow run: generate the catalog,
     ingest, train frozen-encoder models, evaluate, register and promote the best."""
+    folder = _configs_dir(configs_dir)
+    configs = [folder / "models" / f"{name}.yaml" for name in fusions.split(",")]
+    missing = [str(c) for c in configs if not c.is_file()]
+    if missing:
+        _fail(f"no such model config: {', '.join(missing)} (--fusions names files in {folder / 'models'})")
     from flows.pipeline import pipeline_flow
 
     home = get_settings().home
     spec_path = write_demo_catalog(home / "demo-catalog", n=n, seed=seed)
     typer.echo(f"demo catalog: {n} products in {home / 'demo-catalog'}")
-    configs = [str(CONFIGS / "models" / f"{name}.yaml") for name in fusions.split(",")]
-    _print_candidates(pipeline_flow(str(spec_path), configs, model_name="demo"))
+    configs = [str(c) for c in configs]
+    result = pipeline_flow(str(spec_path), configs, model_name="demo")
+    _print_candidates(result)
+    if result.get("bento"):
+        typer.echo(f"Bento: {result['bento']}")
+    typer.echo("\nServe it: make serve   (or: attrflow serve demo; then see the README's curl call)")
 
 
 if __name__ == "__main__":

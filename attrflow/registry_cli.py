@@ -52,8 +52,19 @@ def list_models(
     else:
         _table(
             ["name", "version", "stage", PRIMARY_METRIC, "run", "created", "promoted", "decision"],
-            [[v.name, str(v.version), v.stage, _score(v.metrics), str(v.run_id), _when(v.created_at),
-              _when(v.promoted_at), v.decision or ""] for v in versions],
+            [
+                [
+                    v.name,
+                    str(v.version),
+                    v.stage,
+                    _score(v.metrics),
+                    str(v.run_id),
+                    _when(v.created_at),
+                    _when(v.promoted_at),
+                    v.decision or "",
+                ]
+                for v in versions
+            ],
         )
     if as_json:
         typer.echo(json.dumps({"model_versions": [v.model_dump(mode="json") for v in versions]}))
@@ -99,10 +110,19 @@ def list_runs(
     else:
         _table(
             ["id", "kind", "status", "started", "seconds", "epochs", PRIMARY_METRIC, "error"],
-            [[str(r.id), r.kind, r.status, _when(r.started_at),
-              f"{(r.ended_at - r.started_at).total_seconds():.0f}" if r.ended_at else "-",
-              str(len(r.epoch_metrics)), _score(r.metrics), (r.error or "").splitlines()[0][:60] if r.error else ""]
-             for r in runs],
+            [
+                [
+                    str(r.id),
+                    r.kind,
+                    r.status,
+                    _when(r.started_at),
+                    f"{(r.ended_at - r.started_at).total_seconds():.0f}" if r.ended_at else "-",
+                    str(len(r.epoch_metrics)),
+                    _score(r.metrics),
+                    (r.error or "").splitlines()[0][:60] if r.error else "",
+                ]
+                for r in runs
+            ],
         )
     if as_json:
         typer.echo(json.dumps({"runs": [r.model_dump(mode="json") for r in runs]}))

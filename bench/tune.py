@@ -15,7 +15,7 @@ import json
 import os
 import sys
 import time
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
@@ -79,9 +79,9 @@ def main() -> None:
         }
     out = {
         "what": "frozen-mode search (Ray Tune + Optuna + ASHA) through the `tune` flow on the fashion catalog: "
-                "trials that ended (trained to their last epoch, or stopped by ASHA after >= 1 full epoch on all "
-                "training rows + validation) within the search file's time budget",
-        "date": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        "trials that ended (trained to their last epoch, or stopped by ASHA after >= 1 full epoch on all "
+        "training rows + validation) within the search file's time budget",
+        "date": datetime.now(UTC).isoformat(timespec="seconds"),
         "machine": {"cpu_count": os.cpu_count()},
         "versions": {"ray": ray.__version__, "prefect": prefect_version},
         "search": os.path.relpath(args.search, ROOT),
@@ -102,17 +102,21 @@ def main() -> None:
     args.out.mkdir(parents=True, exist_ok=True)
     (args.out / "tune.json").write_text(json.dumps(out, indent=1, default=float))
     lines = [
-        "# Search benchmark (frozen mode, fashion catalog)", "",
-        f"{out['date']} · {os.cpu_count()} cores · ray {ray.__version__} · `{out['search']}`", "",
+        "# Search benchmark (frozen mode, fashion catalog)",
+        "",
+        f"{out['date']} · {os.cpu_count()} cores · ray {ray.__version__} · `{out['search']}`",
+        "",
         f"- trials ended within {spec.time_budget_s:.0f} s: **{len(ended)}** (target 60; {result['counts']})",
         f"- best trial: {result['best_trial']}",
         f"- tuned model on test: R@P95 mean {tuned['r_at_p95']:.4f}, macro-F1 mean {tuned['f1_macro']:.4f}",
     ]
     if comparison:
         d = comparison["tuned_minus_hand_picked"]
-        lines.append(f"- best hand-picked row `{comparison['hand_picked_row']}` on test: R@P95 mean "
-                     f"{comparison['hand_picked_test']['r_at_p95']:.4f}, macro-F1 mean {comparison['hand_picked_test']['f1_macro']:.4f}"
-                     f" (tuned minus hand-picked: R@P95 {d['r_at_p95']:+.4f}, macro-F1 {d['f1_macro']:+.4f})")
+        lines.append(
+            f"- best hand-picked row `{comparison['hand_picked_row']}` on test: R@P95 mean "
+            f"{comparison['hand_picked_test']['r_at_p95']:.4f}, macro-F1 mean {comparison['hand_picked_test']['f1_macro']:.4f}"
+            f" (tuned minus hand-picked: R@P95 {d['r_at_p95']:+.4f}, macro-F1 {d['f1_macro']:+.4f})"
+        )
     lines.append(f"- registered: {result['registered']}")
     (args.out / "tune.md").write_text("\n".join(lines) + "\n")
     print("\n".join(lines))

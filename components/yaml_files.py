@@ -11,7 +11,9 @@ import yaml
 from pydantic import ValidationError
 
 
-def read_yaml_mapping(path: Path, what: str, error: type[ValueError] = ValueError, empty_ok: bool = False) -> dict[str, Any]:
+def read_yaml_mapping(
+    path: Path, what: str, error: type[ValueError] = ValueError, empty_ok: bool = False
+) -> dict[str, Any]:
     """The file's top-level mapping; `error` (naming the file and `what` it should be) otherwise."""
     try:
         raw = yaml.safe_load(path.read_text())

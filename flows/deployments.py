@@ -17,6 +17,7 @@ from prefect.deployments.runner import RunnerDeployment
 
 from flows.evaluate import evaluate_flow
 from flows.ingest import ingest_flow
+from flows.package import package_flow
 from flows.pipeline import pipeline_flow
 from flows.train import train_flow
 from flows.tune import tune_flow
@@ -48,6 +49,9 @@ def build_deployments(
         ingest_flow.to_deployment("on-demand", description="Ingest a catalog spec.", tags=["attrflow"]),
         train_flow.to_deployment("on-demand", description="Train a config on a dataset.", tags=["attrflow"]),
         evaluate_flow.to_deployment("on-demand", description="Evaluate a model folder.", tags=["attrflow"]),
+        package_flow.to_deployment(
+            "on-demand", description="Build the Bento of a model's production version.", tags=["attrflow", "serving"]
+        ),
         tune_flow.to_deployment(
             "on-demand",
             parameters={"search": "configs/search/default.yaml"},

@@ -18,7 +18,8 @@ def ingest_catalog(spec: str, source: str | None) -> IngestResult:
 @task(retries=3, retry_delay_seconds=1, retry_condition_fn=retry_on_io_error)
 def register_dataset(result: IngestResult) -> None:
     manifest = load_dataset(result.dataset_dir).manifest
-    Registry().register_dataset(result.name, result.version, str(result.dataset_dir), manifest)
+    with Registry() as registry:
+        registry.register_dataset(result.name, result.version, str(result.dataset_dir), manifest)
 
 
 @flow(name="ingest", log_prints=True)

@@ -11,8 +11,9 @@ from prefect.artifacts import create_markdown_artifact
 from components.catalog import load_dataset
 from components.evaluation.evaluate import evaluate
 from components.evaluation.report import EvaluationReport
-from components.models.model import load_thresholds
+from components.models.io import load_thresholds
 from components.registry import Registry
+from components.settings import get_settings
 from flows.common import artifact_key, retry_on_io_error
 
 
@@ -28,15 +29,16 @@ def summarize(report: EvaluationReport) -> dict:
 
 
 @task
-def evaluate_on(model_dir: str, dataset_dir: str, split: str, out_name: str) -> dict:
-    dataset = load_dataset(dataset_dir)
-    report, _ = evaluate(model_dir, dataset, split, out_dir=Path(model_dir) / f"{out_name}-{dataset.version}-{split}")
+def evaluate_on(model_dir: str, dataset_dir: str, split: str, out_dir: str) -> dict:
+    """Score `model_dir` on a split; the report goes to `out_dir`, never into a registered version's folder."""
+    report, _ = evaluate(model_dir, load_dataset(dataset_dir), split, out_dir=Path(out_dir))
     return summarize(report)
 
 
 @task(retries=3, retry_delay_seconds=1, retry_condition_fn=retry_on_io_error)
 def register_version(name: str, run_id: int, model_dir: str, metrics: dict):
-    return Registry().register_model_version(name, run_id, Path(model_dir), metrics, load_thresholds(model_dir))
+    with Registry() as registry:
+        return registry.register_model_version(name, run_id, Path(model_dir), metrics, load_thresholds(model_dir))
 
 
 @flow(name="register", log_prints=True)
@@ -48,20 +50,32 @@ def register_flow(
     primary_metric: str = "r_at_p95_mean",
     split: str = "test",
 ) -> dict:
-    registry = Registry()
-    candidate = evaluate_on(model_dir, dataset_dir, split, "eval")
-    production = registry.get_production(model_name)
-    # Same evaluation data for both: the production model is scored again on this dataset's split.
-    prod_metrics = evaluate_on(production.artifact_dir, dataset_dir, split, "eval") if production else None
-    version = register_version(model_name, run_id, model_dir, candidate)
-    # Applies the rule: promotes (archiving the old production) or records why not.
-    decision = registry.decide_promotion(
-        model_name,
-        version.version,
-        metric=primary_metric,
-        candidate_score=candidate[primary_metric],
-        production_score=prod_metrics[primary_metric] if prod_metrics else None,
-    )
+    dataset_version = load_dataset(dataset_dir).version
+    # The candidate is not registered yet: its report travels into the registry with it.
+    candidate = evaluate_on(model_dir, dataset_dir, split, str(Path(model_dir) / f"eval-{dataset_version}-{split}"))
+    with Registry() as registry:
+        production = registry.get_production(model_name)
+        # Same evaluation data for both: the production model is scored again on this dataset's split.
+        # A registered version never changes: its report goes under ATTRFLOW_HOME/evaluations/.
+        prod_metrics = None
+        if production:
+            out = (
+                get_settings().home
+                / "evaluations"
+                / model_name
+                / f"v{production.version}"
+                / f"{dataset_version}-{split}-for-run-{run_id}"
+            )
+            prod_metrics = evaluate_on(production.artifact_dir, dataset_dir, split, str(out))
+        version = register_version(model_name, run_id, model_dir, candidate)
+        # Applies the rule: promotes (archiving the old production) or records why not.
+        decision = registry.decide_promotion(
+            model_name,
+            version.version,
+            metric=primary_metric,
+            candidate_score=candidate[primary_metric],
+            production_score=prod_metrics[primary_metric] if prod_metrics else None,
+        )
     verdict = "promoted to production" if decision.promote else "kept as candidate"
     create_markdown_artifact(
         f"# {model_name} v{version.version}: {verdict}\n\n{decision.reason}\n\n"

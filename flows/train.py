@@ -20,15 +20,19 @@ def train_flow(config: str, dataset_dir: str, epochs: int | None = None) -> dict
     """
     cfg = load_train_config(config, **({"training": {"epochs": epochs}} if epochs else {}))
     dataset = load_dataset(dataset_dir)
-    registry = Registry()
-    with registry.run(
-        "train",
-        {"config_file": str(config), **cfg.model_dump(mode="json")},
-        dataset=(dataset.name, dataset.version),
-        flow_run_id=current_flow_run_id(),
-    ) as run_id:
+    with (
+        Registry() as registry,
+        registry.run(
+            "train",
+            {"config_file": str(config), **cfg.model_dump(mode="json")},
+            dataset=(dataset.name, dataset.version),
+            flow_run_id=current_flow_run_id(),
+        ) as run_id,
+    ):
         out_dir = get_settings().home / "runs" / str(run_id)
-        result = train(cfg, dataset, out_dir, on_epoch_end=lambda _, record: registry.log_epoch(run_id, record), progress=False)
+        result = train(
+            cfg, dataset, out_dir, on_epoch_end=lambda _, record: registry.log_epoch(run_id, record), progress=False
+        )
         metrics = {
             "validation": result.validation,
             "best_epoch": result.best_epoch,

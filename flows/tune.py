@@ -26,7 +26,8 @@ from flows.register import register_flow
 @task(retries=3, retry_delay_seconds=1, retry_condition_fn=retry_on_io_error)
 def register_dataset_folder(dataset_dir: str) -> dict:
     dataset = load_dataset(dataset_dir)
-    Registry().register_dataset(dataset.name, dataset.version, str(dataset.path), dataset.manifest)
+    with Registry() as registry:
+        registry.register_dataset(dataset.name, dataset.version, str(dataset.path), dataset.manifest)
     return {"name": dataset.name, "version": dataset.version, "dataset_dir": str(dataset.path)}
 
 
@@ -50,22 +51,35 @@ def tune_flow(
     overrides the file's `retrain_on_train_validation`."""
     spec = load_search(search)  # a bad file fails here: before ingest, before Ray
     retrain = spec.retrain_on_train_validation if retrain is None else retrain
-    dataset_info = ingest_flow(spec_or_dataset) if _is_spec(spec_or_dataset) else register_dataset_folder(spec_or_dataset)
+    dataset_info = (
+        ingest_flow(spec_or_dataset) if _is_spec(spec_or_dataset) else register_dataset_folder(spec_or_dataset)
+    )
     dataset = load_dataset(dataset_info["dataset_dir"])
     name = model_name or dataset.name
-    registry = Registry()
-    parent_config = {"search": str(search), "spec": spec.model_dump(mode="json"), "trials": trials or spec.trials,
-                     "address": address, "retrain": retrain, "model_name": name}
-    with registry.run("tune", parent_config, dataset=(dataset.name, dataset.version),
-                      flow_run_id=current_flow_run_id()) as parent_id:
+    parent_config = {
+        "search": str(search),
+        "spec": spec.model_dump(mode="json"),
+        "trials": trials or spec.trials,
+        "address": address,
+        "retrain": retrain,
+        "model_name": name,
+    }
+    with (
+        Registry() as registry,
+        registry.run(
+            "tune", parent_config, dataset=(dataset.name, dataset.version), flow_run_id=current_flow_run_id()
+        ) as parent_id,
+    ):
         out_dir = (get_settings().home / "tune" / str(parent_id)).resolve()
-        result = run_search(spec, dataset, out_dir, address=address, trials=trials, registry_url=registry.url,
-                            parent_run_id=parent_id)
+        result = run_search(
+            spec, dataset, out_dir, address=address, trials=trials, registry_url=registry.url, parent_run_id=parent_id
+        )
         plot = plot_metric_vs_lambda(result, out_dir / "metric_vs_lambda.png")
         leaderboard = leaderboard_markdown(result, plot=plot)
         (out_dir / "leaderboard.md").write_text(leaderboard)
-        create_markdown_artifact(leaderboard, key=artifact_key("tune", name),
-                                 description=f"Search leaderboard ({spec.metric}, validation)")
+        create_markdown_artifact(
+            leaderboard, key=artifact_key("tune", name), description=f"Search leaderboard ({spec.metric}, validation)"
+        )
         create_markdown_artifact(
             f"# {spec.metric} vs lambda_kl per fusion\n\nPlot: `{plot}`\n\n![metric vs lambda]({plot.as_uri()})\n",
             key=artifact_key("tune-plot", name),
@@ -79,8 +93,13 @@ def tune_flow(
         model_dir, run_id = best.model_dir, best.run_id
         if retrain:
             train_config = {"from_trial": best.trial_id, "params": best.params, "rows": "train+validation"}
-            with registry.run("tune-retrain", train_config, dataset=(dataset.name, dataset.version),
-                              flow_run_id=current_flow_run_id(), parent_run_id=parent_id) as run_id:
+            with registry.run(
+                "tune-retrain",
+                train_config,
+                dataset=(dataset.name, dataset.version),
+                flow_run_id=current_flow_run_id(),
+                parent_run_id=parent_id,
+            ) as run_id:
                 retrained = retrain_on_train_validation(spec, dataset, best, out_dir / "retrained")
                 registry.finish_run(run_id, {"best_epoch": retrained.best_epoch, "epochs_run": retrained.epochs_run})
             model_dir = str(retrained.model_dir)
@@ -95,8 +114,10 @@ def tune_flow(
             "plot": str(plot),
         }
         registry.finish_run(parent_id, summary)
-    print(f"best trial {best.trial_id} ({best.params}): {spec.metric} {best.best(spec.metric):.4f}; "
-          f"{name} v{registered['version']} {'promoted' if registered['promoted'] else 'kept as candidate'}")
+    print(
+        f"best trial {best.trial_id} ({best.params}): {spec.metric} {best.best(spec.metric):.4f}; "
+        f"{name} v{registered['version']} {'promoted' if registered['promoted'] else 'kept as candidate'}"
+    )
     return {
         "run_id": parent_id,
         "dataset": dataset_info,

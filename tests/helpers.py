@@ -23,8 +23,14 @@ def good_rows(root: Path, n: int = 3) -> list[dict[str, str]]:
     for i in range(n):
         write_image(root / "images" / f"g{i}.png")
         rows.append(
-            {"id": f"g{i}", "title": f"red shirt {i}", "description": "cotton", "image": f"images/g{i}.png",
-             "colour": "red|white", "size": "M"}
+            {
+                "id": f"g{i}",
+                "title": f"red shirt {i}",
+                "description": "cotton",
+                "image": f"images/g{i}.png",
+                "colour": "red|white",
+                "size": "M",
+            }
         )
     return rows
 
@@ -48,11 +54,25 @@ def spec_for(source: Path, **overrides) -> CatalogSpec:
         "description_column": "description",
         "image_column": "image",
         "attributes": [
-            {"name": "colour", "column": "colour", "kind": "multilabel", "separator": "|",
-             "values": ["red", "white", "blue"]},
+            {
+                "name": "colour",
+                "column": "colour",
+                "kind": "multilabel",
+                "separator": "|",
+                "values": ["red", "white", "blue"],
+            },
             {"name": "size", "column": "size", "kind": "multiclass"},
         ],
         "split": {"seed": 0, "validation": 0.0, "test": 0.0},
     }
     raw.update(overrides)
     return CatalogSpec.model_validate(raw)
+
+
+def predict_one(model_dir, title: str = "", description: str = "", image: str | None = None) -> dict:
+    """One product through the Predictor, the image read from a path as datasets hold it."""
+    from components.features.preprocess import load_image
+    from components.inference.predictor import Predictor, Product
+
+    product = Product(title=title, description=description, image=load_image(image))
+    return Predictor(model_dir).predict([product]).results[0]

@@ -1,16 +1,27 @@
-"""The benchmark scripts' own machinery (bench/quality.py, bench/tune.py): running rows side by
-side, the paired bootstrap behind the target checks, and reading the register flow's metrics.
-The benchmarks themselves need the fashion catalog and run in `make bench`."""
+"""The benchmark scripts' own machinery (bench/quality.py and its modules in bench/, bench/tune.py):
+running rows side by side, the paired bootstrap behind the target checks, and reading the register
+flow's metrics. The benchmarks themselves need the fashion catalog and run in `make bench`."""
 
 from __future__ import annotations
 
 import importlib.util
+import subprocess
 import sys
 import time
 
 import numpy as np
 import pytest
 from conftest import REPO
+
+if str(REPO) not in sys.path:
+    sys.path.insert(0, str(REPO))  # `bench` is a package at the repository root, not an installed one
+
+from bench.bootstrap import paired_bootstrap  # noqa: E402
+from bench.common import ATTRIBUTES, METRICS  # noqa: E402
+from bench.lanes import LaneJob, lane_jobs, run_lanes  # noqa: E402
+from bench.rows import FINETUNE, TRAINING, row_config  # noqa: E402
+from bench.seeds import seed_spread, seeds_markdown  # noqa: E402
+from bench.selection import finetune_rows  # noqa: E402
 
 
 def _load(name: str):
@@ -21,13 +32,15 @@ def _load(name: str):
     return module
 
 
-quality = _load("quality")
+quality = _load("quality")  # the entry point: argument parsing and orchestration
 
 
 def _job(name: str, log, seconds: float = 0.3, code: int = 0, after=()):
-    script = (f"import time; open({str(log)!r}, 'a').write('start {name} %f\\n' % time.time()); time.sleep({seconds}); "
-              f"open({str(log)!r}, 'a').write('end {name} %f\\n' % time.time()); raise SystemExit({code})")
-    return quality.LaneJob(name, [sys.executable, "-c", script], set(after))
+    script = (
+        f"import time; open({str(log)!r}, 'a').write('start {name} %f\\n' % time.time()); time.sleep({seconds}); "
+        f"open({str(log)!r}, 'a').write('end {name} %f\\n' % time.time()); raise SystemExit({code})"
+    )
+    return LaneJob(name, [sys.executable, "-c", script], set(after))
 
 
 def _events(log) -> list[tuple[str, str, float]]:
@@ -37,7 +50,7 @@ def _events(log) -> list[tuple[str, str, float]]:
 def test_lanes_run_side_by_side_and_respect_dependencies(tmp_path):
     log = tmp_path / "log"
     jobs = [_job("a", log), _job("b", log), _job("c", log), _job("last", log, after={"a", "b", "c"})]
-    quality.run_lanes(jobs, lanes=2, poll_s=0.05)
+    run_lanes(jobs, lanes=2, poll_s=0.05)
     events = _events(log)
     running, most = 0, 0
     for kind, _, _ in sorted(events, key=lambda e: e[2]):
@@ -54,12 +67,33 @@ def test_a_failed_lane_job_fails_the_run_and_stops_the_others(tmp_path):
     jobs = [_job("slow", log, seconds=30), _job("broken", log, code=3), _job("never", log, after={"broken"})]
     start = time.perf_counter()
     with pytest.raises(SystemExit, match="row broken failed \\(exit 3\\)"):
-        quality.run_lanes(jobs, lanes=2, poll_s=0.05)
+        run_lanes(jobs, lanes=2, poll_s=0.05)
     assert time.perf_counter() - start < 20  # "slow" was terminated, not waited for
     names = {n for _, n, _ in _events(log)}
     assert "never" not in names and ("end", "slow") not in {(k, n) for k, n, _ in _events(log)}
     with pytest.raises(ValueError, match="never run"):
-        quality.run_lanes([_job("orphan", log, after={"missing"})], lanes=2, poll_s=0.05)
+        run_lanes([_job("orphan", log, after={"missing"})], lanes=2, poll_s=0.05)
+
+
+def test_lane_jobs_rerun_the_entry_point_with_flags_it_accepts():
+    args = quality.parse_args(["--rows", "text", "--reuse", "--out", "OUT"])
+    jobs = lane_jobs(args, ["text", "modality_attention_l0"], ["text", "modality_attention"], ["--dataset", "DS"])
+    assert [j.name for j in jobs] == [
+        "modality_attention_l0",
+        "tfidf_lr",
+        "text",
+        "colour_hidden-text",
+        "colour_hidden-modality_attention",
+    ]
+    assert jobs[-1].after == {"modality_attention_l0"} and not jobs[-2].after
+    for job in jobs:
+        assert job.command[:2] == [sys.executable, str(REPO / "bench" / "quality.py")]
+        lane = quality.parse_args(job.command[2:])
+        assert (lane.jobs, lane.threads, lane.no_report, lane.reuse, str(lane.dataset)) == (1, 1, True, True, "DS")
+    # The child process starts as a script (bench/ first on its sys.path) and finds the `bench` package.
+    shown = subprocess.run([*jobs[0].command, "--help"], capture_output=True, text=True, timeout=300)
+    assert shown.returncode == 0, shown.stderr
+    assert "--finetune" in shown.stdout and "--dataset" not in shown.stdout  # the lanes' own flags stay hidden
 
 
 def test_paired_bootstrap_brackets_the_difference():
@@ -67,52 +101,57 @@ def test_paired_bootstrap_brackets_the_difference():
     y = rng.integers(0, 4, 600)
     good = np.eye(4)[y] * 0.7 + 0.075  # always right, confident
     noisy = rng.dirichlet(np.ones(4), 600)  # right about a quarter of the time
-    same = quality.paired_bootstrap(good, good, y, n=100)
+    same = paired_bootstrap(good, good, y, n=100)
     assert same["f1_macro"] == [0.0, 0.0] and same["r_at_p95"] == [0.0, 0.0]
-    better = quality.paired_bootstrap(good, noisy, y, n=100)
+    better = paired_bootstrap(good, noisy, y, n=100)
     assert better["f1_macro"][0] > 0.5 and better["r_at_p95"][0] > 0.5
-    worse = quality.paired_bootstrap(noisy, good, y, n=100)
+    worse = paired_bootstrap(noisy, good, y, n=100)
     assert worse["f1_macro"][1] < -0.5
 
 
 def _row(seed: int, f1: dict[str, float]) -> dict:
-    return {"config": {"training": {"seed": seed}}, "validation_f1_macro": 0.8 + seed / 100, "train_seconds": 1, "items_per_second": 1,
-            "attributes": {a: {**dict.fromkeys(quality.METRICS, 0.5), "f1_macro": f1.get(a, 0.5)} for a in quality.ATTRIBUTES}}
+    return {
+        "config": {"training": {"seed": seed}},
+        "validation_f1_macro": 0.8 + seed / 100,
+        "train_seconds": 1,
+        "items_per_second": 1,
+        "attributes": {a: {**dict.fromkeys(METRICS, 0.5), "f1_macro": f1.get(a, 0.5)} for a in ATTRIBUTES},
+    }
 
 
 def test_a_seeded_row_is_its_row_with_another_training_seed():
-    base, seeded = quality.row_config("concat"), quality.row_config("concat@seed3")
+    base, seeded = row_config("concat"), row_config("concat@seed3")
     assert (base.training.seed, seeded.training.seed) == (0, 3)
     assert seeded.model == base.model and seeded.training.model_copy(update={"seed": 0}) == base.training
     with pytest.raises(KeyError):
-        quality.row_config("no_such_row@seed1")
+        row_config("no_such_row@seed1")
 
 
 def test_a_finetune_row_fine_tunes_its_frozen_row_from_its_weights(tmp_path, attrflow_home):
-    base, tuned = quality.row_config("concat"), quality.row_config("finetune-concat")
+    base, tuned = row_config("concat"), row_config("finetune-concat")
     assert tuned.model == base.model and base.training.frozen and not tuned.training.frozen
     assert tuned.training.init_from == (attrflow_home / "bench" / "quality" / "concat").resolve()
-    assert tuned.training.max_steps == quality.FINETUNE["max_steps"]
+    assert tuned.training.max_steps == FINETUNE["max_steps"]
     # modality_attention: the lambda with the best validation score among the stored frozen rows.
     (tmp_path / "rows").mkdir()
     with pytest.raises(SystemExit, match="frozen modality_attention rows first"):
-        quality.finetune_rows(tmp_path)
-    assert quality.finetune_rows(tmp_path, missing_ok=True) == ["finetune-text", "finetune-image", "finetune-concat"]
+        finetune_rows(tmp_path)
+    assert finetune_rows(tmp_path, missing_ok=True) == ["finetune-text", "finetune-image", "finetune-concat"]
     for lam, score in (("0", 0.80), ("0.1", 0.86), ("0.01", 0.84)):
         (tmp_path / "rows" / f"modality_attention_l{lam}.json").write_text(f'{{"validation_f1_macro": {score}}}')
-    assert quality.finetune_rows(tmp_path)[-1] == "finetune-modality_attention_l0.1"
+    assert finetune_rows(tmp_path)[-1] == "finetune-modality_attention_l0.1"
 
 
 def test_seed_spread_counts_the_seeds_that_beat_the_bar():
     rows = {"tfidf_lr": _row(0, {"gender": 0.90}), "concat": _row(0, {"gender": 0.95}), "text": _row(0, {})}
     seeded = {"concat@seed1": _row(1, {"gender": 0.85}), "concat@seed2": _row(2, {"gender": 0.92})}
-    spread = quality.seed_spread(rows, seeded)
+    spread = seed_spread(rows, seeded)
     assert list(spread) == ["concat"]  # only rows that were trained with extra seeds
     g = spread["concat"]["f1_macro"]["gender"]
     assert spread["concat"]["seeds"] == [0, 1, 2] and g["values"] == [0.95, 0.85, 0.92]
     assert g["beats_tfidf"] == 2 and g["mean"] == pytest.approx(2.72 / 3)
     assert spread["concat"]["f1_macro"]["usage"]["beats_tfidf"] == 0  # a tie does not beat the bar
-    table = quality.seeds_markdown(spread, rows["tfidf_lr"])
+    table = seeds_markdown(spread, rows["tfidf_lr"])
     assert "| concat | 0,1,2 | 0.810 ± 0.008 |" in table and "0.907 ± 0.042 (2/3)" in table
 
 
@@ -123,8 +162,9 @@ def test_tune_bench_reads_the_register_flows_metrics():
 
     attrs = {}
     for k, a in enumerate(tune.ATTRIBUTES):
-        attrs[a] = AttributeReport(kind="multiclass", n=10, accuracy=0.9, f1_micro=0.9, f1_macro=0.5 + k / 10,
-                                   f1_weighted=0.9, r_at_p95=0.8)
+        attrs[a] = AttributeReport(
+            kind="multiclass", n=10, accuracy=0.9, f1_micro=0.9, f1_macro=0.5 + k / 10, f1_weighted=0.9, r_at_p95=0.8
+        )
     means, per = tune.test_summary(summarize(EvaluationReport(model="m", dataset="d", split="test", attributes=attrs)))
     assert means["f1_macro"] == pytest.approx(0.7) and means["r_at_p95"] == pytest.approx(0.8)
     assert per["usage"]["f1_macro"] == pytest.approx(0.9)
@@ -132,9 +172,11 @@ def test_tune_bench_reads_the_register_flows_metrics():
 
 def test_variant_overrides_are_validated_as_a_whole_config():
     variant = _load("variant")
-    cfg = variant.with_overrides(quality.row_config("concat"), ["training.label_smoothing=0.1", 'model.head={"hidden": 32, "dropout": 0.0}'])
+    cfg = variant.with_overrides(
+        row_config("concat"), ["training.label_smoothing=0.1", 'model.head={"hidden": 32, "dropout": 0.0}']
+    )
     assert cfg.training.label_smoothing == 0.1 and cfg.model.head.hidden == 32
-    assert cfg.model.fusion.name == "concat" and cfg.training.epochs == quality.TRAINING["epochs"]  # the rest is the row's
+    assert cfg.model.fusion.name == "concat" and cfg.training.epochs == TRAINING["epochs"]  # the rest is the row's
     with pytest.raises(SystemExit, match="expected model.KEY=JSON"):
         variant.with_overrides(cfg, ["label_smoothing=0.1"])
     with pytest.raises(ValueError, match="label_smoothing"):

@@ -9,6 +9,7 @@ import torch
 from PIL import Image, ImageDraw
 from pydantic import ValidationError
 
+from components.features.preprocess import load_image
 from components.models.encoders import (
     ImageEncoder,
     ImageEncoderConfig,
@@ -16,7 +17,6 @@ from components.models.encoders import (
     TextEncoderConfig,
     _load_state_file,
     default_image_weights,
-    load_image,
     map_state_dict_by_position,
 )
 
@@ -48,7 +48,9 @@ def embed(enc: TextEncoder, titles: list[str], descriptions: list[str] | None = 
 
 
 def test_default_text_encoder_is_semantic(text_enc):
-    e = torch.nn.functional.normalize(embed(text_enc, ["red cotton t-shirt", "crimson cotton tee", "black leather boots"]), dim=-1)
+    e = torch.nn.functional.normalize(
+        embed(text_enc, ["red cotton t-shirt", "crimson cotton tee", "black leather boots"]), dim=-1
+    )
     assert text_enc.dim == 384 and e.shape == (3, 384)
     assert e[0] @ e[1] > e[0] @ e[2] + 0.1
 
@@ -104,7 +106,9 @@ def test_tiny_random_text_encoder_is_fast_and_deterministic():
         f = enc(**b)
     assert enc.dim == 32 and f.pooled.shape == (2, 32) and f.tokens.shape == (*b["input_ids"].shape, 32)
     # Seeded init: same identity -> same weights, so the identity is a valid cache key.
-    torch.testing.assert_close(f.pooled, embed(TextEncoder(TextEncoderConfig(name="tiny-random")), ["red shirt", "jeans"], ["cotton", ""]))
+    torch.testing.assert_close(
+        f.pooled, embed(TextEncoder(TextEncoderConfig(name="tiny-random")), ["red shirt", "jeans"], ["cotton", ""])
+    )
 
 
 def test_text_local_path_and_identity(tmp_path):
@@ -116,8 +120,11 @@ def test_text_local_path_and_identity(tmp_path):
     assert local.identity.startswith(f"text:{tmp_path / 'm'}:") and local.identity.endswith(":mean:64")
     assert local.identity != tiny.identity
 
-    ids = {TextEncoder(TextEncoderConfig(name="tiny-random", pooling=p, max_length=m)).identity
-           for p in ("cls", "mean", "sum") for m in (32, 64)}
+    ids = {
+        TextEncoder(TextEncoderConfig(name="tiny-random", pooling=p, max_length=m)).identity
+        for p in ("cls", "mean", "sum")
+        for m in (32, 64)
+    }
     assert len(ids) == 6
     assert TextEncoder(TextEncoderConfig(name="tiny-random")).identity == tiny.identity
     with pytest.raises(ValidationError):
@@ -133,7 +140,7 @@ def test_default_image_weights_all_loaded_one_to_one(image_enc):
     file_sd = _load_state_file(default_image_weights())
     model_sd = image_enc.model.state_dict()
     assert len(file_sd) == len(model_sd) == 296
-    for (mk, mv), (fk, fv) in zip(model_sd.items(), file_sd.items()):
+    for (mk, mv), (fk, fv) in zip(model_sd.items(), file_sd.items(), strict=True):
         assert torch.equal(mv, fv), (mk, fk)
     # Spot-check that names line up semantically, BN running stats included.
     assert torch.equal(model_sd["blocks.1.0.bn1.running_var"], file_sd["_blocks.1._bn0.running_var"])
@@ -158,7 +165,10 @@ def honeycomb(size=256) -> Image.Image:
     for row in range(-1, 14):
         for col in range(-1, 12):
             cx, cy = col * a * 1.75 + (row % 2) * a * 0.87, row * a * 1.5
-            pts = [(cx + a * math.cos(math.pi / 3 * k + math.pi / 6), cy + a * math.sin(math.pi / 3 * k + math.pi / 6)) for k in range(6)]
+            pts = [
+                (cx + a * math.cos(math.pi / 3 * k + math.pi / 6), cy + a * math.sin(math.pi / 3 * k + math.pi / 6))
+                for k in range(6)
+            ]
             d.polygon(pts, outline=(120, 70, 10), width=2)
     return im
 
@@ -174,15 +184,30 @@ def grid(size=256) -> Image.Image:
 
 def spiral(size=256) -> Image.Image:
     im = Image.new("RGB", (size, size), "white")
-    pts = [(size / 2 + 4 * t * math.cos(t), size / 2 + 4 * t * math.sin(t)) for t in torch.linspace(0, 30, 2000).tolist()]
+    pts = [
+        (size / 2 + 4 * t * math.cos(t), size / 2 + 4 * t * math.sin(t)) for t in torch.linspace(0, 30, 2000).tolist()
+    ]
     ImageDraw.Draw(im).line(pts, fill="black", width=3)
     return im
 
 
 def tshirt(size=256) -> Image.Image:
     im = Image.new("RGB", (size, size), "white")
-    outline = [(70, 40), (105, 30), (128, 45), (151, 30), (186, 40), (230, 90), (200, 115), (180, 95), (180, 230),
-               (76, 230), (76, 95), (56, 115), (26, 90)]
+    outline = [
+        (70, 40),
+        (105, 30),
+        (128, 45),
+        (151, 30),
+        (186, 40),
+        (230, 90),
+        (200, 115),
+        (180, 95),
+        (180, 230),
+        (76, 230),
+        (76, 95),
+        (56, 115),
+        (26, 90),
+    ]
     ImageDraw.Draw(im).polygon(outline, fill=(40, 90, 200))
     return im
 
@@ -198,7 +223,7 @@ def top5(enc: ImageEncoder, images: list[Image.Image]) -> torch.Tensor:
 
 def test_default_image_encoder_classifies_synthetic_drawings(image_enc_224):
     preds = top5(image_enc_224, [draw() for draw, _ in EXPECTED])
-    for (draw, want), got in zip(EXPECTED, preds.tolist()):
+    for (draw, want), got in zip(EXPECTED, preds.tolist(), strict=True):
         assert want & set(got), f"{draw.__name__}: top-5 {got} lacks {want}"
 
 
@@ -210,7 +235,7 @@ def test_classification_check_catches_a_wrong_mapping(image_enc_224):
         if isinstance(m, torch.nn.BatchNorm2d):
             m.weight.data, m.bias.data = m.bias.data.clone(), m.weight.data.clone()
     preds = top5(bad, [draw() for draw, _ in EXPECTED])
-    hits = sum(bool(want & set(got)) for (_, want), got in zip(EXPECTED, preds.tolist()))
+    hits = sum(bool(want & set(got)) for (_, want), got in zip(EXPECTED, preds.tolist(), strict=True))
     assert hits <= 1
 
 
@@ -273,7 +298,10 @@ def test_tiny_random_image_encoder_fast_and_shapes():
 
 
 def test_image_identity_and_custom_weights(tmp_path):
-    ids = {ImageEncoder(ImageEncoderConfig(name="tiny-random", image_size=s)).identity for s in [(128, 128), (80, 60), (60, 80)]}
+    ids = {
+        ImageEncoder(ImageEncoderConfig(name="tiny-random", image_size=s)).identity
+        for s in [(128, 128), (80, 60), (60, 80)]
+    }
     assert len(ids) == 3
     assert ImageEncoder(ImageEncoderConfig()).identity == "image:default:128x128"
 

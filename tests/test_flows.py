@@ -76,12 +76,55 @@ def test_pipeline_flow_run_registers_and_promotes(prefect_server, tmp_path):
     assert set(stored.thresholds) == {"category", "colour", "material", "pattern"}  # thresholds travel with the version
     assert set(stored.metrics["attributes"]) == {"category", "colour", "material", "pattern"}
 
+    # the production version was packaged: a Bento holding that version's model folder
+    import bentoml
+
+    assert result["bento"] == f"attrflow-shop:v{production.version}"
+    bento = bentoml.bentos.get(result["bento"])
+    assert [str(m.tag) for m in bento.info.models] == [f"attrflow-shop:v{production.version}"]
+    stored = bentoml.models.get(f"attrflow-shop:v{production.version}")
+    packed = {k: v for k, v in _folder_digest(stored.path).items() if k != "model.yaml"}  # BentoML's own file
+    assert packed == _folder_digest(production.artifact_dir)
+
     keys = {a["key"] for a in _artifacts("%")}
-    assert {"dataset-demo", "promotion-shop", "pipeline-shop"} <= keys
+    assert {"dataset-demo", "promotion-shop", "pipeline-shop", "bento-shop"} <= keys
     assert any(k.startswith("train-demo-") for k in keys)
     promotion = _artifacts("promotion-shop")[0]
     assert f"shop v{v2['version']}" in promotion["data"]  # the latest decision, about v2
     assert ("promoted to production" in promotion["data"]) == v2["promoted"]
+
+
+def _folder_digest(folder) -> dict[str, str]:
+    """Every file under `folder` (relative path -> SHA-256 of its bytes)."""
+    import hashlib
+    from pathlib import Path
+
+    return {
+        str(p.relative_to(folder)): hashlib.sha256(p.read_bytes()).hexdigest()
+        for p in sorted(Path(folder).rglob("*"))
+        if p.is_file()
+    }
+
+
+def test_registering_a_challenger_leaves_the_champion_byte_for_byte(prefect_server, tmp_path):
+    from flows.ingest import ingest_flow
+    from flows.register import register_flow
+    from flows.train import train_flow
+
+    dataset = ingest_flow(str(write_demo_catalog(tmp_path / "catalog", n=120, seed=5)))["dataset_dir"]
+    champion = train_flow(_tiny_config(tmp_path / "a.yaml", "text"), dataset)
+    assert register_flow(champion["model_dir"], champion["run_id"], "shop", dataset)["promoted"]
+    champion_dir = Registry().get_production("shop").artifact_dir
+    before = _folder_digest(champion_dir)
+    assert any(name.endswith("model.safetensors") for name in before)
+
+    challenger = train_flow(_tiny_config(tmp_path / "b.yaml", "concat"), dataset)
+    registered = register_flow(challenger["model_dir"], challenger["run_id"], "shop", dataset)
+    assert registered["version"] == 2
+    assert _folder_digest(champion_dir) == before  # the champion was scored again, and not touched
+    # its report on the challenger's data was written outside the registry
+    reports = list((tmp_path / "home" / "evaluations" / "shop" / "v1").glob("*/metrics.json"))
+    assert len(reports) == 1
 
 
 def test_failed_training_is_recorded_and_leaves_no_model_version(prefect_server, tmp_path):
@@ -89,8 +132,17 @@ def test_failed_training_is_recorded_and_leaves_no_model_version(prefect_server,
 
     spec = write_demo_catalog(tmp_path / "catalog", n=80, seed=3)
     bad = tmp_path / "bad.yaml"
-    bad.write_text(yaml.safe_dump({"model": {"text": {"name": "tiny-random"}, "image": {"name": "tiny-random", "image_size": [32, 32]},
-                                             "attributes": ["not_an_attribute"]}}))
+    bad.write_text(
+        yaml.safe_dump(
+            {
+                "model": {
+                    "text": {"name": "tiny-random"},
+                    "image": {"name": "tiny-random", "image_size": [32, 32]},
+                    "attributes": ["not_an_attribute"],
+                }
+            }
+        )
+    )
     state = pipeline_flow(str(spec), [str(bad)], model_name="broken", return_state=True)
     assert state.is_failed()
     runs = Registry().list_runs(kind="train")
@@ -103,7 +155,9 @@ def test_deployments_have_the_expected_schedules(prefect_server):
 
     from flows.deployments import build_deployments
 
-    deployments = build_deployments(spec="configs/catalogs/demo.yaml", configs=["configs/models/text.yaml"], cron="15 4 * * 2")
+    deployments = build_deployments(
+        spec="configs/catalogs/demo.yaml", configs=["configs/models/text.yaml"], cron="15 4 * * 2"
+    )
     for d in deployments:
         d.apply()
 

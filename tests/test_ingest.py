@@ -8,7 +8,7 @@ from helpers import HEADER, good_rows, spec_for, write_csv, write_image
 from typer.testing import CliRunner
 
 from attrflow.cli import app
-from components.catalog import SpecError, ingest, load_dataset, load_spec
+from components.catalog import IngestRejected, SpecError, ingest, load_dataset, load_spec
 
 
 def _bad_row(kind: str, root) -> tuple[dict | str, str]:
@@ -82,8 +82,12 @@ def test_malformed_csv_row_is_quarantined_and_reading_goes_on(tmp_path):
 def test_missing_modality_and_missing_label_are_accepted(tmp_path):
     root = tmp_path / "cat"
     rows = good_rows(root, 2)
-    rows.append({"id": "photo-only", "title": "", "description": "", "image": "images/g0.png", "colour": "red", "size": "S"})
-    rows.append({"id": "text-only", "title": "white tee", "description": "", "image": "", "colour": "white", "size": ""})
+    rows.append(
+        {"id": "photo-only", "title": "", "description": "", "image": "images/g0.png", "colour": "red", "size": "S"}
+    )
+    rows.append(
+        {"id": "text-only", "title": "white tee", "description": "", "image": "", "colour": "white", "size": ""}
+    )
     result = ingest(spec_for(write_csv(root, rows)))
     assert result.quarantined == 0
     items = load_dataset(result.dataset_dir).items.set_index("id")
@@ -148,7 +152,7 @@ def test_jsonl_and_parquet_sources(tmp_path):
 def test_image_template_relative_to_catalog_folder(tmp_path):
     root = tmp_path / "cat"
     rows = good_rows(root, 2)
-    for i, r in enumerate(rows):
+    for r in rows:
         write_image(root / "pics" / f"{r['id']}.jpg")
     rows.append({**rows[0], "id": "nofile"})
     result = ingest(spec_for(write_csv(root, rows), image_column=None, image_template="pics/{id}.jpg"))
@@ -195,15 +199,24 @@ def test_source_option_overrides_the_spec(tmp_path):
     ("yaml_text", "needle"),
     [
         ("name: x\nsource: a.csv\nid_column: id\ntitle_column: t\nattributes: []\n", "attributes"),
-        ("name: x\nsource: a.csv\nid_column: id\ntitle_column: t\nattributes:\n  - {name: c, column: c, kind: multi}\n",
-         "attributes.0.kind"),
-        ("name: x\nsource: a.txt\nid_column: id\ntitle_column: t\nattributes:\n  - {name: c, column: c}\n",
-         "cannot tell the format"),
-        ("name: x\nsource: a.csv\nid_column: id\ntitle_column: t\nimage_template: images/x.jpg\n"
-         "attributes:\n  - {name: c, column: c}\n", "placeholder"),
+        (
+            "name: x\nsource: a.csv\nid_column: id\ntitle_column: t\nattributes:\n  - {name: c, column: c, kind: multi}\n",
+            "attributes.0.kind",
+        ),
+        (
+            "name: x\nsource: a.txt\nid_column: id\ntitle_column: t\nattributes:\n  - {name: c, column: c}\n",
+            "cannot tell the format",
+        ),
+        (
+            "name: x\nsource: a.csv\nid_column: id\ntitle_column: t\nimage_template: images/x.jpg\n"
+            "attributes:\n  - {name: c, column: c}\n",
+            "placeholder",
+        ),
         ("name: x\nsource: a.csv\ntitle_column: t\nattributes:\n  - {name: c, column: c}\n", "id_column"),
-        ("name: x\nsource: a.csv\nid_column: id\ntitle_column: t\ncolumns: 3\nattributes:\n  - {name: c, column: c}\n",
-         "columns"),
+        (
+            "name: x\nsource: a.csv\nid_column: id\ntitle_column: t\ncolumns: 3\nattributes:\n  - {name: c, column: c}\n",
+            "columns",
+        ),
         ("- just\n- a list\n", "must be a mapping"),
         ("name: [unclosed\n", "not valid YAML"),
     ],
@@ -233,7 +246,76 @@ def test_every_row_accounted_for_on_a_messy_catalog(tmp_path):
         bad, _ = _bad_row(kind, root)
         rows.append({**bad, "id": bad["id"] if kind in ("missing_id", "duplicate_id") else f"bad-{kind}"})
     path = write_csv(root, rows, header=HEADER)
-    result = ingest(spec_for(path))
+    with pytest.raises(IngestRejected, match="only 5 of 12 rows accepted"):  # under the default share, 0.5
+        ingest(spec_for(path))
+    result = ingest(spec_for(path, min_accepted_share=0.4))
     assert result.rows == 12
     assert result.accepted == 5
     assert result.reasons == {k: 1 for k in REASONS}
+
+
+def _linked_catalog(tmp_path, n: int = 4):
+    """A catalog whose `images/` folder is a link to a folder elsewhere (a data disk)."""
+    disk, root = tmp_path / "disk" / "photos", tmp_path / "cat"
+    rows = good_rows(disk.parent / "staging", n)  # writes staging/images/g*.png
+    (disk.parent / "staging" / "images").rename(disk)
+    root.mkdir()
+    (root / "images").symlink_to(disk, target_is_directory=True)
+    return disk, root, write_csv(root, rows)
+
+
+def test_a_linked_image_folder_is_refused_with_a_hint_unless_the_spec_trusts_it(tmp_path):
+    disk, root, source = _linked_catalog(tmp_path)
+    with pytest.raises(IngestRejected) as e:
+        ingest(spec_for(source), home=tmp_path / "home")
+    message = str(e.value)
+    assert "only 0 of 4 rows accepted" in message and "image_outside_catalog" in message
+    assert "image_roots" in message  # the hint says what to change
+    report = next((tmp_path / "home" / "datasets" / "tiny").glob("rejected-*-quarantine.csv"))
+    assert pd.read_csv(report)["reason"].tolist() == ["image_outside_catalog"] * 4  # nothing is lost
+    assert not list((tmp_path / "home" / "datasets" / "tiny").glob("*/manifest.json"))
+
+    result = ingest(spec_for(source, image_roots=[str(disk)]), home=tmp_path / "home")
+    assert (result.accepted, result.quarantined) == (4, 0)
+    paths = load_dataset(result.dataset_dir).items["image_path"]
+    assert all(p.startswith(str(disk.resolve())) for p in paths)
+
+
+def test_image_roots_do_not_open_lexical_escapes_elsewhere(tmp_path):
+    disk, root, _ = _linked_catalog(tmp_path, n=3)
+    write_image(tmp_path / "secret" / "x.png")
+    rows = good_rows(root / "local", 3)  # local images, inside the catalog folder
+    for r in rows:
+        r["image"] = "local/" + r["image"]
+    rows += [
+        {**rows[0], "id": "dots", "image": "../secret/x.png"},
+        {**rows[0], "id": "abs", "image": str(tmp_path / "secret" / "x.png")},
+        {**rows[0], "id": "abs-trusted", "image": str(disk / "g0.png")},
+    ]
+    result = ingest(spec_for(write_csv(root, rows), image_roots=[str(disk)]), home=tmp_path / "home")
+    q = pd.read_csv(result.dataset_dir / "quarantine.csv")
+    assert dict(zip(q["id"], q["reason"], strict=True)) == {
+        "dots": "image_outside_catalog",
+        "abs": "image_outside_catalog",
+    }
+    assert "abs-trusted" in set(load_dataset(result.dataset_dir).items["id"])
+
+
+def test_image_roots_in_a_spec_file_are_relative_to_it(tmp_path):
+    disk, root, source = _linked_catalog(tmp_path)
+    spec_file = root / "catalog.yaml"
+    spec = spec_for(source).model_dump(mode="json")
+    spec.update(source="catalog.csv", image_roots=["../disk/photos"])
+    spec_file.write_text(json.dumps(spec))
+    assert load_spec(spec_file).image_roots == [(root / "../disk/photos").absolute()]
+    assert ingest(load_spec(spec_file), home=tmp_path / "home").accepted == 4
+
+
+def test_cli_ingest_that_accepts_too_little_exits_non_zero(tmp_path, monkeypatch):
+    _, root, source = _linked_catalog(tmp_path)
+    spec_file = root / "catalog.yaml"
+    spec_file.write_text(json.dumps({**spec_for(source).model_dump(mode="json"), "source": "catalog.csv"}))
+    monkeypatch.setenv("ATTRFLOW_HOME", str(tmp_path / "home"))
+    out = CliRunner().invoke(app, ["ingest", str(spec_file)])
+    assert out.exit_code == 2
+    assert "0 of 4 rows accepted" in out.output and "image_roots" in out.output

@@ -13,9 +13,10 @@ from components.catalog import ingest, load_dataset, load_spec
 from components.catalog.demo import write_demo_catalog
 from components.features.cache import cache_path, cached_encodings
 from components.features.lexical import LexicalBatch, hashed_ngrams, product_texts
+from components.inference.predict import predict_items
 from components.models.encoders import ImageEncoder, ImageEncoderConfig, TextEncoder, TextEncoderConfig
-from components.models.model import ModelConfig, create_model, load_model
-from components.predict import predict_items
+from components.models.io import load_model
+from components.models.model import ModelConfig, create_model
 from components.training.trainer import TrainConfig, train
 
 TINY_TEXT = {"name": "tiny-random", "max_length": 16}
@@ -45,8 +46,16 @@ def test_lexical_is_off_by_default_and_refused_where_no_pooled_text_is_read():
 
 @pytest.mark.parametrize("fusion", ["text", "concat", "modality_attention", "late"])
 def test_lexical_channel_widens_the_text_vector_and_reads_the_words(fusion):
-    model = create_model({"text": TINY_TEXT, "image": TINY_IMAGE, "fusion": {"name": fusion},
-                          "head": {"hidden": 8}, "lexical": {"buckets": 64, "dim": 4}}, VOCAB).eval()
+    model = create_model(
+        {
+            "text": TINY_TEXT,
+            "image": TINY_IMAGE,
+            "fusion": {"name": fusion},
+            "head": {"hidden": 8},
+            "lexical": {"buckets": 64, "dim": 4},
+        },
+        VOCAB,
+    ).eval()
     titles = ["red shirt", "blue jeans"]
     batch = dict(model.text_encoder.tokenize(titles, ["", ""]))
     batch["pixels"], batch["has_image"] = torch.randn(2, 3, 32, 32), torch.tensor([True, False])
@@ -63,8 +72,15 @@ def test_lexical_channel_widens_the_text_vector_and_reads_the_words(fusion):
 
 
 def test_lexical_dropout_applies_in_training_only():
-    model = create_model({"text": TINY_TEXT, "image": TINY_IMAGE, "fusion": {"name": "text"},
-                          "lexical": {"buckets": 64, "dim": 4, "dropout": 0.5}}, VOCAB)
+    model = create_model(
+        {
+            "text": TINY_TEXT,
+            "image": TINY_IMAGE,
+            "fusion": {"name": "text"},
+            "lexical": {"buckets": 64, "dim": 4, "dropout": 0.5},
+        },
+        VOCAB,
+    )
     x = LexicalBatch.from_rows(hashed_ngrams(["red cotton slim fit casual shirt for men with long sleeves"] * 8))
     model.lexical.eval()
     assert torch.equal(model.lexical(x), model.lexical(x))
@@ -77,11 +93,18 @@ def test_lexical_dropout_applies_in_training_only():
 def test_training_with_lexical_frozen_and_from_raw_rows_agree_after_loading(tmp_path):
     spec = write_demo_catalog(tmp_path / "catalog", n=120, seed=3)
     ds = load_dataset(ingest(load_spec(spec), home=tmp_path / "home").dataset_dir)
-    config = TrainConfig.model_validate({
-        "model": {"text": TINY_TEXT, "image": TINY_IMAGE, "fusion": {"name": "concat"}, "head": {"hidden": 8},
-                  "lexical": {"buckets": 256, "dim": 8, "dropout": 0.2}},
-        "training": {"epochs": 2, "batch_size": 16},
-    })
+    config = TrainConfig.model_validate(
+        {
+            "model": {
+                "text": TINY_TEXT,
+                "image": TINY_IMAGE,
+                "fusion": {"name": "concat"},
+                "head": {"hidden": 8},
+                "lexical": {"buckets": 256, "dim": 8, "dropout": 0.2},
+            },
+            "training": {"epochs": 2, "batch_size": 16},
+        }
+    )
     result = train(config, ds, tmp_path / "m", progress=False)
     assert result.epochs_run == 2
     model = load_model(tmp_path / "m")
@@ -127,7 +150,8 @@ def test_resuming_with_a_different_model_config_is_refused(tmp_path):
     model = {"text": TINY_TEXT, "image": TINY_IMAGE, "fusion": {"name": "text"}, "head": {"hidden": 8}}
     plain = TrainConfig.model_validate({"model": model, "training": {"epochs": 1, "batch_size": 16}})
     train(plain, ds, tmp_path / "m", progress=False)
-    with_lexical = TrainConfig.model_validate({"model": {**model, "lexical": {"buckets": 64, "dim": 4}},
-                                               "training": {"epochs": 2, "batch_size": 16}})
+    with_lexical = TrainConfig.model_validate(
+        {"model": {**model, "lexical": {"buckets": 64, "dim": 4}}, "training": {"epochs": 2, "batch_size": 16}}
+    )
     with pytest.raises(ValueError, match="does not match this model config"):
         train(with_lexical, ds, tmp_path / "m", resume=True, progress=False)

@@ -26,6 +26,7 @@ approx = pytest.approx
 
 # ---------------------------------------------------------------- r_at_p
 
+
 def test_r_at_p_no_prefix_reaches_target():
     # ranked: .9 wrong, .8 right, .7 right -> precisions 0, 1/2, 2/3: none >= .95
     assert r_at_p(np.array([0.7, 0.9, 0.8]), np.array([1, 0, 1]), n_positive=2) == 0.0
@@ -81,14 +82,16 @@ def test_precision_recall_points_one_per_distinct_score():
 # ---------------------------------------------------------------- multiclass
 
 # labelled rows: y = [0, 1, 1, 2, 2], argmax = [0, 1, 0, 2, 1], top prob = [.7, .8, .45, .55, .6]
-MC_PROBS = np.array([
-    [0.70, 0.20, 0.10],   # y 0, pred 0, right
-    [0.10, 0.80, 0.10],   # y 1, pred 1, right
-    [0.45, 0.35, 0.20],   # y 1, pred 0, wrong
-    [0.90, 0.05, 0.05],   # unlabelled: counted as a wrong .9 it would sink R@P95 to 0
-    [0.25, 0.20, 0.55],   # y 2, pred 2, right
-    [0.10, 0.60, 0.30],   # y 2, pred 1, wrong
-])
+MC_PROBS = np.array(
+    [
+        [0.70, 0.20, 0.10],  # y 0, pred 0, right
+        [0.10, 0.80, 0.10],  # y 1, pred 1, right
+        [0.45, 0.35, 0.20],  # y 1, pred 0, wrong
+        [0.90, 0.05, 0.05],  # unlabelled: counted as a wrong .9 it would sink R@P95 to 0
+        [0.25, 0.20, 0.55],  # y 2, pred 2, right
+        [0.10, 0.60, 0.30],  # y 2, pred 1, wrong
+    ]
+)
 MC_Y = np.array([0, 1, 1, -1, 2, 2])
 
 
@@ -114,18 +117,22 @@ def test_multiclass_all_unlabelled():
 
 # ---------------------------------------------------------------- multilabel
 
-ML_PROBS = np.array([
-    [0.90, 0.20, 0.10],
-    [0.30, 0.80, 0.40],
-    [0.99, 0.99, 0.99],   # unlabelled: as negatives at the top they would sink R@P95 to 0
-    [0.60, 0.70, 0.55],
-])
-ML_Y = np.array([
-    [1, 0, 0],
-    [0, 1, 1],
-    [-1, -1, -1],
-    [1, 0, 1],
-])
+ML_PROBS = np.array(
+    [
+        [0.90, 0.20, 0.10],
+        [0.30, 0.80, 0.40],
+        [0.99, 0.99, 0.99],  # unlabelled: as negatives at the top they would sink R@P95 to 0
+        [0.60, 0.70, 0.55],
+    ]
+)
+ML_Y = np.array(
+    [
+        [1, 0, 0],
+        [0, 1, 1],
+        [-1, -1, -1],
+        [1, 0, 1],
+    ]
+)
 
 
 def test_multilabel_metrics_hand_computed():
@@ -162,18 +169,21 @@ def test_attribute_metrics_dispatches():
 
 # ---------------------------------------------------------------- value thresholds
 
+
 def test_value_thresholds_multiclass():
-    probs = np.array([
-        [0.90, 0.05, 0.05],  # y 0: c0 candidate, right
-        [0.80, 0.10, 0.10],  # y 0: c0, right
-        [0.60, 0.20, 0.20],  # y 0: c0, right   } tied at .6: the right one comes first, so
-        [0.60, 0.30, 0.10],  # y 1: c0, wrong   } splitting the tie would wrongly allow .6
-        [0.50, 0.30, 0.20],  # y 0: c0, right
-        [0.10, 0.70, 0.20],  # y 2: c1, wrong
-        [0.20, 0.60, 0.20],  # y 1: c1, right
-        [0.10, 0.20, 0.70],  # y 2: c2, right
-        [0.00, 0.10, 0.90],  # unlabelled: as a wrong c2 candidate it would make c2 None
-    ])
+    probs = np.array(
+        [
+            [0.90, 0.05, 0.05],  # y 0: c0 candidate, right
+            [0.80, 0.10, 0.10],  # y 0: c0, right
+            [0.60, 0.20, 0.20],  # y 0: c0, right   } tied at .6: the right one comes first, so
+            [0.60, 0.30, 0.10],  # y 1: c0, wrong   } splitting the tie would wrongly allow .6
+            [0.50, 0.30, 0.20],  # y 0: c0, right
+            [0.10, 0.70, 0.20],  # y 2: c1, wrong
+            [0.20, 0.60, 0.20],  # y 1: c1, right
+            [0.10, 0.20, 0.70],  # y 2: c2, right
+            [0.00, 0.10, 0.90],  # unlabelled: as a wrong c2 candidate it would make c2 None
+        ]
+    )
     y = np.array([0, 0, 0, 1, 0, 2, 1, 2, -1])
     # c0 ranked: .9 R, .8 R, {.6 R, .6 W}, .5 R -> 1, 1, 3/4, 4/5 -> largest prefix ends at .8
     # c1 ranked: .7 W, .6 R -> 0, 1/2 -> never reaches .95 -> None
@@ -184,22 +194,26 @@ def test_value_thresholds_multiclass():
 
 
 def test_value_thresholds_multilabel():
-    probs = np.array([
-        [0.90, 0.10, 0.80],
-        [0.70, 0.20, 0.60],
-        [0.70, 0.30, 0.30],
-        [0.40, 0.40, 0.10],
-        [0.20, 0.50, 0.05],
-        [0.95, 0.90, 0.70],  # unlabelled: would put a negative on top of col 0 (-> None) and col 2
-    ])
-    Y = np.array([
-        [1, 0, 1],
-        [1, 0, 1],
-        [0, 0, 0],
-        [1, 0, 0],
-        [0, 0, 0],
-        [-1, -1, -1],
-    ])
+    probs = np.array(
+        [
+            [0.90, 0.10, 0.80],
+            [0.70, 0.20, 0.60],
+            [0.70, 0.30, 0.30],
+            [0.40, 0.40, 0.10],
+            [0.20, 0.50, 0.05],
+            [0.95, 0.90, 0.70],  # unlabelled: would put a negative on top of col 0 (-> None) and col 2
+        ]
+    )
+    Y = np.array(
+        [
+            [1, 0, 1],
+            [1, 0, 1],
+            [0, 0, 0],
+            [1, 0, 0],
+            [0, 0, 0],
+            [-1, -1, -1],
+        ]
+    )
     # col 0 ranked: .9 T, {.7 T, .7 F}, .4 T, .2 F -> 1, 2/3, 3/4, 3/5 -> ends at .9 (tie not split)
     # col 1: no true pairs -> no prefix has precision > 0 -> None
     # col 2 ranked: .8 T, .6 T, .3 F, ... -> 1, 1, 2/3 -> ends at .6
@@ -209,6 +223,7 @@ def test_value_thresholds_multilabel():
 
 
 # ---------------------------------------------------------------- modality weights
+
 
 def test_modality_weight_stats():
     s = modality_weight_stats(np.array([0.5, 0.1, 0.8, 0.2, 0.4]))
@@ -226,14 +241,17 @@ def test_modality_weight_stats_empty():
 
 # ---------------------------------------------------------------- report
 
+
 def _report() -> EvaluationReport:
     category = AttributeReport(kind="multiclass", **multiclass_metrics(MC_PROBS, MC_Y))
     colour = AttributeReport(
-        kind="multilabel", **multilabel_metrics(ML_PROBS, ML_Y),
+        kind="multilabel",
+        **multilabel_metrics(ML_PROBS, ML_Y),
         image_weight=modality_weight_stats(np.array([0.5, 0.1, 0.8, 0.2, 0.4])),
     )
-    return EvaluationReport(model="runs/m1", dataset="datasets/demo/v1", split="test",
-                            attributes={"category": category, "colour": colour})
+    return EvaluationReport(
+        model="runs/m1", dataset="datasets/demo/v1", split="test", attributes={"category": category, "colour": colour}
+    )
 
 
 def test_report_mean_and_markdown():

@@ -5,9 +5,11 @@ from __future__ import annotations
 import pytest
 import torch
 
+from components.features.encoded import Features
 from components.features.preprocess import encode_labels
-from components.models.fusion import FUSIONS, Features, kl_to_uniform
-from components.models.model import create_model, load_model, save_model
+from components.models.fusion import FUSIONS, kl_to_uniform
+from components.models.io import load_model, save_model
+from components.models.model import create_model
 from components.training.losses import attribute_loss, supervised_loss
 
 VOCAB = {
@@ -19,11 +21,15 @@ TINY = {"text": {"name": "tiny-random", "max_length": 16}, "image": {"name": "ti
 
 def _model(fusion: str, **fusion_kw):
     torch.manual_seed(0)
-    return create_model({**TINY, "fusion": {"name": fusion, **fusion_kw}, "head": {"hidden": 16, "dropout": 0.0}}, VOCAB)
+    return create_model(
+        {**TINY, "fusion": {"name": fusion, **fusion_kw}, "head": {"hidden": 16, "dropout": 0.0}}, VOCAB
+    )
 
 
 def _batch(model, n=4, with_image=(True, True, False, True)):
-    batch = model.text_encoder.tokenize(["red shirt", "white dress with a long description", "bag", ""], ["", "", "", "blue"])
+    batch = model.text_encoder.tokenize(
+        ["red shirt", "white dress with a long description", "bag", ""], ["", "", "", "blue"]
+    )
     pixels = torch.randn(n, 3, 32, 32)
     has = torch.tensor(with_image)
     batch.update(pixels=pixels * has[:, None, None, None], has_image=has)
@@ -81,7 +87,9 @@ def encode_labels_fake():
 
     from components.models.model import Vocab
 
-    items = pd.DataFrame({"category": ["shirt", None, "bag", "dress"], "colour": [["red"], ["white", "blue"], None, ["black"]]})
+    items = pd.DataFrame(
+        {"category": ["shirt", None, "bag", "dress"], "colour": [["red"], ["white", "blue"], None, ["black"]]}
+    )
     return encode_labels(items, {k: Vocab(**v) for k, v in VOCAB.items()})
 
 
@@ -92,7 +100,9 @@ def test_kl_to_uniform_is_zero_at_uniform_and_positive_otherwise():
     kl = kl_to_uniform(skewed)
     assert (kl > 0).all()
     # by hand: 0.9 ln(1.8) + 0.1 ln(0.2) = 0.36806
-    assert kl[0].item() == pytest.approx(0.9 * torch.log(torch.tensor(1.8)).item() + 0.1 * torch.log(torch.tensor(0.2)).item(), abs=1e-5)
+    assert kl[0].item() == pytest.approx(
+        0.9 * torch.log(torch.tensor(1.8)).item() + 0.1 * torch.log(torch.tensor(0.2)).item(), abs=1e-5
+    )
 
 
 def test_modality_attention_aux_loss_is_lambda_times_kl():
@@ -109,7 +119,13 @@ def _skewed_attention_after_training(lambda_kl: float) -> float:
     from components.models.fusion import ModalityAttentionConfig, create_fusion
     from components.models.heads import HeadConfig, HeadSpec
 
-    fusion = create_fusion(ModalityAttentionConfig(lambda_kl=lambda_kl), 8, 8, [HeadSpec("c", "multiclass", 2)], HeadConfig(hidden=0, dropout=0.0))
+    fusion = create_fusion(
+        ModalityAttentionConfig(lambda_kl=lambda_kl),
+        8,
+        8,
+        [HeadSpec("c", "multiclass", 2)],
+        HeadConfig(hidden=0, dropout=0.0),
+    )
     opt = torch.optim.Adam(fusion.parameters(), lr=0.05)
     for _ in range(150):
         y = torch.randint(0, 2, (64,))

@@ -12,7 +12,8 @@ from components.catalog.demo import write_demo_catalog
 from components.models.encoders import ImageEncoder, ImageEncoderConfig
 from components.models.fusion import FusionOutput
 from components.models.heads import HeadSpec
-from components.models.model import create_model, load_model, save_model
+from components.models.io import load_model, save_model
+from components.models.model import create_model
 from components.training.losses import attribute_loss, log_class_priors, supervised_loss
 from components.training.trainer import TrainConfig, train
 
@@ -39,9 +40,12 @@ def test_multi_scale_pooling_appends_earlier_stages():
 
 @pytest.mark.parametrize("fusion", ["concat", "modality_attention", "cross_attention"])
 def test_models_with_multi_scale_pooling_run_save_and_load(tmp_path, fusion):
-    config = {"text": {"name": "tiny-random", "max_length": 16},
-              "image": {**TINY_IMAGE, "extra_stages": [1], "extra_grid": 1},
-              "fusion": {"name": fusion}, "head": {"hidden": 8}}
+    config = {
+        "text": {"name": "tiny-random", "max_length": 16},
+        "image": {**TINY_IMAGE, "extra_stages": [1], "extra_grid": 1},
+        "fusion": {"name": fusion},
+        "head": {"hidden": 8},
+    }
     model = create_model(config, VOCAB).eval()
     batch = {**model.text_encoder.tokenize(["red shirt", "blue jeans"], ["", ""])}
     batch["pixels"], batch["has_image"] = torch.randn(2, 3, 32, 32), torch.tensor([True, False])
@@ -58,15 +62,21 @@ def test_logit_adjusted_loss_and_label_smoothing():
     prior = log_class_priors(y, 3, tau=1.0, smoothing=1.0)
     assert torch.allclose(prior.exp(), torch.tensor([5.0, 2.0, 1.0]) / 8)
     keep = y >= 0
-    assert torch.isclose(attribute_loss(logits, y, "multiclass", log_prior=prior), F.cross_entropy(logits[keep] + prior, y[keep]))
-    assert torch.isclose(attribute_loss(logits, y, "multiclass", label_smoothing=0.1),
-                         F.cross_entropy(logits[keep], y[keep], label_smoothing=0.1))
+    assert torch.isclose(
+        attribute_loss(logits, y, "multiclass", log_prior=prior), F.cross_entropy(logits[keep] + prior, y[keep])
+    )
+    assert torch.isclose(
+        attribute_loss(logits, y, "multiclass", label_smoothing=0.1),
+        F.cross_entropy(logits[keep], y[keep], label_smoothing=0.1),
+    )
     # The defaults are plain cross-entropy, and supervised_loss passes the options through.
     spec = [HeadSpec("category", "multiclass", 3)]
     out = FusionOutput({"category": logits}, torch.zeros(()))
     assert torch.isclose(supervised_loss(out, {"category": y}, spec), F.cross_entropy(logits[keep], y[keep]))
-    assert torch.isclose(supervised_loss(out, {"category": y}, spec, 0.0, {"category": prior}),
-                         F.cross_entropy(logits[keep] + prior, y[keep]))
+    assert torch.isclose(
+        supervised_loss(out, {"category": y}, spec, 0.0, {"category": prior}),
+        F.cross_entropy(logits[keep] + prior, y[keep]),
+    )
     # The adjusted loss prefers a rarer class more: its optimum logits favour class 2 over plain CE's.
     assert prior[2] < prior[0]
 
@@ -74,11 +84,23 @@ def test_logit_adjusted_loss_and_label_smoothing():
 def test_training_with_the_new_options(tmp_path):
     spec = write_demo_catalog(tmp_path / "catalog", n=120, seed=2)
     ds = load_dataset(ingest(load_spec(spec), home=tmp_path / "home").dataset_dir)
-    config = TrainConfig.model_validate({
-        "model": {"text": {"name": "tiny-random", "max_length": 16}, "image": {**TINY_IMAGE, "extra_stages": [0, 1], "extra_grid": 2},
-                  "fusion": {"name": "concat"}, "head": {"hidden": 8}},
-        "training": {"epochs": 2, "batch_size": 16, "logit_adjust_tau": 1.0, "label_smoothing": 0.1, "image_dropout": 0.3},
-    })
+    config = TrainConfig.model_validate(
+        {
+            "model": {
+                "text": {"name": "tiny-random", "max_length": 16},
+                "image": {**TINY_IMAGE, "extra_stages": [0, 1], "extra_grid": 2},
+                "fusion": {"name": "concat"},
+                "head": {"hidden": 8},
+            },
+            "training": {
+                "epochs": 2,
+                "batch_size": 16,
+                "logit_adjust_tau": 1.0,
+                "label_smoothing": 0.1,
+                "image_dropout": 0.3,
+            },
+        }
+    )
     result = train(config, ds, tmp_path / "m", progress=False)
     assert result.epochs_run == 2 and all(h["train_loss"] > 0 for h in result.history)
     assert TrainConfig().training.logit_adjust_tau == 0.0 and TrainConfig().training.label_smoothing == 0.0

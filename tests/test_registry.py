@@ -132,9 +132,8 @@ def test_metrics_with_nan_and_numpy_values(registry):
 
 
 def test_run_context_manager(registry):
-    with pytest.raises(RuntimeError, match="boom"):
-        with registry.run("train", {}) as crashed:
-            raise RuntimeError("boom")
+    with pytest.raises(RuntimeError, match="boom"), registry.run("train", {}) as crashed:
+        raise RuntimeError("boom")
     assert registry.get_run(crashed).status == "failed"
     assert registry.get_run(crashed).error == "RuntimeError: boom"
 
@@ -316,7 +315,10 @@ def test_cli(registry, model_dir, db_url, monkeypatch):
     result = runner.invoke(cli, ["runs", "list", "--kind", "tune-trial", "--json"])
     assert result.exit_code == 0 and "Traceback: boom" in result.output
     assert [r["status"] for r in json.loads(result.output.splitlines()[-1])["runs"]] == ["failed"]
-    assert len(json.loads(runner.invoke(cli, ["runs", "list", "--limit", "2", "--json"]).output.splitlines()[-1])["runs"]) == 2
+    assert (
+        len(json.loads(runner.invoke(cli, ["runs", "list", "--limit", "2", "--json"]).output.splitlines()[-1])["runs"])
+        == 2
+    )
 
     for args, message in [
         (["models", "list", "hat"], "no model named 'hat'"),

@@ -33,7 +33,9 @@ def test_splits_are_deterministic_by_seed():
     assert (a == b).all()
     assert (a != c).any()
     assert {s: int((a == s).sum()) for s in ("train", "validation", "test")} == {
-        "train": 2100, "validation": 300, "test": 600,
+        "train": 2100,
+        "validation": 300,
+        "test": 600,
     }
 
 
@@ -58,7 +60,7 @@ def test_multilabel_split_uses_iterative_stratification():
     rng = np.random.default_rng(0)
     palette = ["black", "white", "red", "blue", "green", "teal"]
     probs = [0.5, 0.4, 0.2, 0.1, 0.05, 0.02]
-    colours = [[c for c, p in zip(palette, probs) if rng.random() < p] or None for _ in range(4000)]
+    colours = [[c for c, p in zip(palette, probs, strict=True) if rng.random() < p] or None for _ in range(4000)]
     labels = pd.DataFrame({"colour": colours, "size": _multiclass_labels(4000)["size"]})
     split = assign_splits(labels, [COLOUR, SIZE], SplitSpec(seed=0, validation=0.1, test=0.2))
     has = {c: np.array([bool(v) and c in v for v in colours]) for c in palette}
@@ -99,8 +101,8 @@ def test_demo_catalog_text_hides_colour_more_often_than_material(tmp_path):
     spec_path = write_demo_catalog(tmp_path / "demo", n=600, seed=0)
     df = pd.read_csv(tmp_path / "demo" / "catalog.csv", keep_default_na=False).iloc[:600]
     text = (df["title"] + " " + df["description"]).str.lower()
-    colour_named = np.mean([all(c in t for c in cs.split("|")) for t, cs in zip(text, df["colour"])])
-    material_named = np.mean([bool(m) and m in t for t, m in zip(text, df["material"])])
+    colour_named = np.mean([all(c in t for c in cs.split("|")) for t, cs in zip(text, df["colour"], strict=True)])
+    material_named = np.mean([bool(m) and m in t for t, m in zip(text, df["material"], strict=True)])
     assert 0.3 < colour_named < 0.6
     assert material_named > 0.75
     assert (df["colour"].str.contains("|", regex=False)).mean() > 0.5  # many two-colour products
@@ -138,3 +140,18 @@ def test_fashion_catalog_ingests(fashion_dir):
     assert (ds.items["title"] == "").sum() == 6  # products without a title: accepted, image only
     shares = ds.items.groupby("split")["gender"].value_counts(normalize=True).unstack()
     assert (shares.max() - shares.min()).max() < 0.01
+
+
+def test_demo_without_configs_fails_with_what_to_do(tmp_path, monkeypatch):
+    from typer.testing import CliRunner
+
+    from attrflow import cli
+
+    checkout_configs = cli.CHECKOUT_CONFIGS
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setattr(cli, "CHECKOUT_CONFIGS", tmp_path / "not-a-checkout" / "configs")
+    out = CliRunner().invoke(cli.app, ["demo"])
+    assert out.exit_code == 2
+    assert "--configs" in out.output and "checkout" in out.output
+    out = CliRunner().invoke(cli.app, ["demo", "--configs", str(checkout_configs), "--fusions", "nope"])
+    assert out.exit_code == 2 and "nope.yaml" in out.output

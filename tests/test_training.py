@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 import torch
 from conftest import REPO
+from helpers import predict_one
 from safetensors.torch import load_file
 from typer.testing import CliRunner
 
@@ -16,9 +17,9 @@ from components.catalog import ingest, load_dataset, load_spec
 from components.catalog.demo import write_demo_catalog
 from components.evaluation.evaluate import evaluate, predict_split
 from components.features.cache import cache_path
+from components.inference.predict import predict_items
 from components.models.encoders import TextEncoder
-from components.models.model import load_model, load_thresholds
-from components.predict import predict_items, predict_product
+from components.models.io import load_model, load_thresholds
 from components.training.trainer import TrainConfig, load_train_config, train
 
 TINY = {"text": {"name": "tiny-random", "max_length": 24}, "image": {"name": "tiny-random", "image_size": [32, 32]}}
@@ -62,7 +63,9 @@ def test_resume_after_interruption_matches_an_uninterrupted_run(tmp_path, demo_d
     resumed = train(config, demo_dataset, tmp_path / "resumed", resume=True, progress=False)
 
     assert resumed.epochs_run == full.epochs_run == 3
-    assert [h["train_loss"] for h in resumed.history] == pytest.approx([h["train_loss"] for h in full.history], abs=1e-6)
+    assert [h["train_loss"] for h in resumed.history] == pytest.approx(
+        [h["train_loss"] for h in full.history], abs=1e-6
+    )
     a = load_file(str(tmp_path / "full" / "model.safetensors"))
     b = load_file(str(tmp_path / "resumed" / "model.safetensors"))
     assert a.keys() == b.keys()
@@ -129,8 +132,11 @@ def test_real_default_encoders_train_fine_tune_and_predict(tmp_path, demo_datase
     fine-tuned a few steps end to end."""
     config = TrainConfig.model_validate(
         {
-            "model": {"image": {"image_size": [64, 64]}, "fusion": {"name": "modality_attention"},
-                      "lexical": {"buckets": 4096, "dim": 16, "dropout": 0.2}},
+            "model": {
+                "image": {"image_size": [64, 64]},
+                "fusion": {"name": "modality_attention"},
+                "lexical": {"buckets": 4096, "dim": 16, "dropout": 0.2},
+            },
             "training": {"frozen": False, "epochs": 1, "batch_size": 32},
         }
     )
@@ -145,11 +151,11 @@ def test_real_default_encoders_train_fine_tune_and_predict(tmp_path, demo_datase
     torch.nn.init.normal_(model.lexical.bag.weight, std=1.0)
     assert not np.allclose(predict_items(model, rows).probs["category"], before_probs)
     image = demo_dataset.items.dropna(subset=["image_path"]).iloc[0]
-    out = predict_product(result.model_dir, title=image["title"], image=image["image_path"])
+    out = predict_one(result.model_dir, title=image["title"], image=image["image_path"])
     assert set(out["attributes"]) == {"category", "colour", "material", "pattern"}
     w = out["attributes"]["colour"]["modality_weights"]
     assert w["text"] + w["image"] == pytest.approx(1.0, abs=1e-3)
-    text_only = predict_product(result.model_dir, title="red cotton t-shirt")
+    text_only = predict_one(result.model_dir, title="red cotton t-shirt")
     assert text_only["has_image"] is False
     assert text_only["attributes"]["colour"]["modality_weights"]["text"] == 1.0
 
@@ -158,11 +164,15 @@ def test_cli_train_evaluate_predict(tmp_path, demo_dataset):
     config = tmp_path / "tiny.yaml"
     config.write_text(json.dumps(_config("concat", epochs=2).model_dump(mode="json")))  # JSON is YAML
     runner = CliRunner()
-    out = runner.invoke(app, ["train", str(config), "--dataset", str(demo_dataset.path), "--out", str(tmp_path / "m"), "--json"])
+    out = runner.invoke(
+        app, ["train", str(config), "--dataset", str(demo_dataset.path), "--out", str(tmp_path / "m"), "--json"]
+    )
     assert out.exit_code == 0, out.output
     assert json.loads(out.output.strip().splitlines()[-1])["model_dir"] == str(tmp_path / "m")
 
-    out = runner.invoke(app, ["evaluate", str(tmp_path / "m"), "--dataset", str(demo_dataset.path), "--split", "validation", "--json"])
+    out = runner.invoke(
+        app, ["evaluate", str(tmp_path / "m"), "--dataset", str(demo_dataset.path), "--split", "validation", "--json"]
+    )
     assert out.exit_code == 0, out.output
     metrics = json.loads(out.output.strip().splitlines()[-1])
     assert set(metrics["attributes"]["category"]) >= {"accuracy", "f1_micro", "f1_macro", "f1_weighted", "r_at_p95"}
@@ -191,11 +201,58 @@ def test_max_steps_ends_training_within_the_step_budget(tmp_path, demo_dataset):
 def test_init_from_starts_from_a_trained_model(tmp_path, demo_dataset):
     first = train(_config("concat", epochs=2), demo_dataset, tmp_path / "a", progress=False).model_dir
     # A learning rate of ~0 keeps the loaded weights: the second model starts where the first ended.
-    second = train(_config("concat", epochs=1, lr_head=1e-12, warmup_share=0.0, init_from=str(first)), demo_dataset,
-                   tmp_path / "b", progress=False).model_dir
+    second = train(
+        _config("concat", epochs=1, lr_head=1e-12, warmup_share=0.0, init_from=str(first)),
+        demo_dataset,
+        tmp_path / "b",
+        progress=False,
+    ).model_dir
     a, b = load_file(str(first / "model.safetensors")), load_file(str(second / "model.safetensors"))
     assert a.keys() == b.keys() and all(torch.allclose(a[k], b[k], atol=1e-6) for k in a)
-    fresh = load_file(str(train(_config("concat", epochs=1, lr_head=1e-12), demo_dataset, tmp_path / "c", progress=False).model_dir / "model.safetensors"))
+    fresh = load_file(
+        str(
+            train(_config("concat", epochs=1, lr_head=1e-12), demo_dataset, tmp_path / "c", progress=False).model_dir
+            / "model.safetensors"
+        )
+    )
     assert not all(torch.allclose(a[k], fresh[k], atol=1e-6) for k in a)  # without it: a random start
     with pytest.raises(ValueError, match="another model config"):
         train(_config("late", epochs=1, init_from=str(first)), demo_dataset, tmp_path / "d", progress=False)
+
+
+def test_checkpoint_rng_state_covers_python_numpy_and_torch():
+    import random
+
+    import numpy as np
+
+    from components.training.trainer import rng_state, set_rng_state
+
+    random.seed(1), np.random.seed(1), torch.manual_seed(1)
+    saved = rng_state()
+    first = (random.random(), np.random.rand(), torch.rand(1).item())
+    random.seed(2), np.random.seed(2), torch.manual_seed(2)
+    set_rng_state(saved)
+    assert (random.random(), np.random.rand(), torch.rand(1).item()) == first
+
+
+def test_a_checkpoint_written_on_a_gpu_resumes_on_a_cpu(tmp_path, demo_dataset, monkeypatch):
+    """The optimizer file is written as a CUDA run writes it (every tensor tagged cuda:0)."""
+    if torch.cuda.is_available():
+        pytest.skip("needs a machine without CUDA to load a CUDA-tagged file on")
+    config = _config(epochs=2)
+
+    def stop_after_one(epoch, record):
+        if epoch == 1:
+            raise _Interrupt
+
+    with pytest.raises(_Interrupt):
+        train(config, demo_dataset, tmp_path / "m", on_epoch_end=stop_after_one, progress=False)
+    path = tmp_path / "m" / "checkpoint" / "optimizer.pt"
+    extra = torch.load(path, weights_only=True)
+    monkeypatch.setattr(torch.serialization, "location_tag", lambda storage: "cuda:0")
+    torch.save(extra, path)
+    monkeypatch.undo()
+    with pytest.raises(RuntimeError, match="CUDA"):  # what a plain torch.load does with it here
+        torch.load(path, weights_only=True)
+    resumed = train(config, demo_dataset, tmp_path / "m", resume=True, progress=False)
+    assert resumed.epochs_run == 2

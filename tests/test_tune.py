@@ -24,7 +24,12 @@ TINY = {
 
 
 def test_trial_configs_keep_the_lexical_channel_only_where_the_fusion_reads_pooled_text(tmp_path):
-    spec = load_search(_search_file(tmp_path / "s.yaml", parameters={"fusion": {"type": "choice", "values": ["text", "image", "cross_attention"]}}))
+    spec = load_search(
+        _search_file(
+            tmp_path / "s.yaml",
+            parameters={"fusion": {"type": "choice", "values": ["text", "image", "cross_attention"]}},
+        )
+    )
     assert build_train_config(spec, {"fusion": "text"}).model.lexical.dim == 8
     assert build_train_config(spec, {"fusion": "image"}).model.lexical is None
     assert build_train_config(spec, {"fusion": "cross_attention"}).model.lexical is None
@@ -59,6 +64,22 @@ def prefect_server():
         yield
 
 
+def _spy_on_ray(monkeypatch) -> list[str]:
+    """Records every ray.init / ray.shutdown call (and still makes it), in order."""
+    import ray
+
+    calls: list[str] = []
+    for name in ("init", "shutdown"):
+        real = getattr(ray, name)
+
+        def spy(*args, _real=real, _name=name, **kwargs):
+            calls.append(_name)
+            return _real(*args, **kwargs)
+
+        monkeypatch.setattr(ray, name, spy)
+    return calls
+
+
 def _artifacts(key_like: str) -> list[dict]:
     import httpx
     from prefect.settings import PREFECT_API_URL
@@ -70,17 +91,19 @@ def _artifacts(key_like: str) -> list[dict]:
 
 
 @pytest.mark.slow
-def test_tune_flow_records_every_trial_and_registers_the_best(prefect_server, tmp_path):
+def test_tune_flow_records_every_trial_and_registers_the_best(prefect_server, tmp_path, monkeypatch):
     import ray
 
     from flows.tune import tune_flow
 
+    ray_calls = _spy_on_ray(monkeypatch)
     spec = write_demo_catalog(tmp_path / "catalog", n=150, seed=2)
     search = _search_file(tmp_path / "search.yaml")
     state = tune_flow(str(spec), search, model_name="tuned", retrain=True, return_state=True)
     assert state.is_completed(), state
     result = state.result()
-    assert not ray.is_initialized()  # the local Ray instance was shut down
+    # The flow started a local Ray instance and shut it down again.
+    assert ray_calls[0] == "init" and ray_calls[-1] == "shutdown" and not ray.is_initialized()
 
     registry = Registry()
     parent = registry.get_run(result["run_id"])
@@ -119,9 +142,10 @@ def test_tune_flow_records_every_trial_and_registers_the_best(prefect_server, tm
 
 
 @pytest.mark.slow
-def test_failed_trials_are_recorded_with_their_error(tmp_path):
+def test_failed_trials_are_recorded_with_their_error(tmp_path, monkeypatch):
     import ray
 
+    ray_calls = _spy_on_ray(monkeypatch)
     from components.catalog import ingest, load_dataset, load_spec
     from components.tuning import run_search
 
@@ -133,31 +157,37 @@ def test_failed_trials_are_recorded_with_their_error(tmp_path):
     registry.register_dataset(dataset.name, dataset.version, str(dataset.path), dataset.manifest)
     parent = registry.start_run("tune", {}, (dataset.name, dataset.version))
     result = run_search(search, dataset, tmp_path / "out", registry_url=registry.url, parent_run_id=parent)
-    assert not ray.is_initialized()
-    assert result.best is None and result.counts() == {"completed": 0, "stopped_early": 0, "interrupted": 0, "failed": 2}
+    assert ray_calls[0] == "init" and ray_calls[-1] == "shutdown" and not ray.is_initialized()
+    assert result.best is None and result.counts() == {
+        "completed": 0,
+        "stopped_early": 0,
+        "interrupted": 0,
+        "failed": 2,
+    }
     runs = registry.list_runs(kind="tune-trial")
     assert len(runs) == 2 and all(r.status == "failed" and r.parent_run_id == parent for r in runs)
     assert all("not_an_attribute" in r.error.splitlines()[0] for r in runs)
 
 
-def test_bad_search_file_fails_before_ray_starts(tmp_path):
-    import ray
-
+def test_bad_search_file_fails_before_ray_starts(tmp_path, monkeypatch):
     from flows.tune import tune_flow
 
+    ray_calls = _spy_on_ray(monkeypatch)
     bad = _search_file(tmp_path / "bad.yaml", parameters={"lr_head": {"type": "loguniform", "low": 0, "high": 1e-2}})
     with pytest.raises(ValueError, match=r"bad\.yaml: invalid search space: parameters\.lr_head\.low"):
         tune_flow.fn(str(tmp_path / "no-dataset"), bad)  # the flow's body, without a Prefect server
-    assert ray.is_initialized() is False
+    assert ray_calls == []  # Ray was never started
     assert Registry().list_runs() == []
 
-    unknown = _search_file(tmp_path / "unknown.yaml", parameters={"fusion": {"type": "choice", "values": ["text", "mlp"]}})
+    unknown = _search_file(
+        tmp_path / "unknown.yaml", parameters={"fusion": {"type": "choice", "values": ["text", "mlp"]}}
+    )
     from attrflow.cli import app
 
     out = CliRunner().invoke(app, ["tune", str(tmp_path), unknown])
     assert out.exit_code == 2
     assert "unknown.yaml: invalid search space: parameters.fusion: unknown fusion 'mlp'" in out.output
-    assert ray.is_initialized() is False
+    assert ray_calls == []
 
 
 @pytest.mark.parametrize(

@@ -43,10 +43,21 @@ REASONS = {
     "missing_id": "the id is missing or empty",
     "duplicate_id": "an earlier row has the same id (the first is kept)",
     "label_not_allowed": "a label is not among the attribute's allowed values",
-    "image_outside_catalog": "the image path resolves outside the catalog's folder",
+    "image_outside_catalog": "the image path leaves the catalog's folder (and every trusted image root)",
     "no_text_or_image": "the product has neither a title/description nor an image",
     "image_missing": "the image file does not exist",
     "image_unreadable": "the image file cannot be decoded as an image",
+}
+
+# What to check first when most rows end up quarantined for one reason.
+HINTS = {
+    "image_outside_catalog": "if the images live elsewhere (a linked folder or another disk), name that folder "
+    "in the spec's `image_roots:` to trust it",
+    "image_missing": "check the image column or image_template: paths are relative to the catalog file's folder",
+    "label_not_allowed": "check the attributes' `values:` lists in the spec",
+    "missing_id": "check `id_column` in the spec",
+    "malformed_row": "check the file's format and delimiter",
+    "no_text_or_image": "check `title_column`, `description_column` and the image settings in the spec",
 }
 
 RESERVED_COLUMNS = {"id", "title", "description", "image_path", "image_sha256", "split"}
@@ -63,6 +74,10 @@ class IngestResult(BaseModel):
     splits: dict[str, int]
     reused: bool  # True when this exact content had been ingested before
     seconds: float
+
+
+class IngestRejected(ValueError):
+    """Too few rows accepted: no dataset is written; the quarantine report says why for every row."""
 
 
 class _Quarantine:
@@ -84,7 +99,9 @@ def ingest(
     clash = RESERVED_COLUMNS & {a.name for a in spec.attributes}
     if clash:
         raise ValueError(f"attribute names {sorted(clash)} clash with dataset columns; rename them")
-    catalog_root = spec.source.parent.resolve()
+    catalog_root = spec.source.parent.absolute()
+    # Where images may resolve to: the catalog's folder and the spec's image roots, links followed.
+    trusted = [catalog_root.resolve(), *(Path(r).resolve() for r in spec.image_roots)]
     quarantine = _Quarantine()
     candidates: list[dict[str, Any]] = []
     seen_ids: dict[str, int] = {}
@@ -95,7 +112,7 @@ def ingest(
         if rec.values is None:
             quarantine.add(rec.row, "", "malformed_row", rec.error or "")
             continue
-        item, reason, detail = _parse_row(rec.values, spec, catalog_root)
+        item, reason, detail = _parse_row(rec.values, spec, catalog_root, trusted)
         id_ = item.get("id", "")
         if reason is None and id_ in seen_ids:
             reason, detail = "duplicate_id", f"id {id_!r} first seen in row {seen_ids[id_]}"
@@ -112,7 +129,7 @@ def ingest(
     with ThreadPoolExecutor(max_workers=workers or min(8, (os.cpu_count() or 1) * 2)) as pool:
         checks = list(pool.map(_check_image, paths, chunksize=64))
     accepted = []
-    for item, (sha, reason, detail) in zip(candidates, checks):
+    for item, (sha, reason, detail) in zip(candidates, checks, strict=True):
         if reason is not None:
             quarantine.add(item["row"], item["id"], reason, detail)
         else:
@@ -128,6 +145,8 @@ def ingest(
     assert n_rows == len(items) + len(quarantine.rows), "every row is accepted or quarantined"
 
     home = home or get_settings().home
+    if n_rows == 0 or len(items) < spec.min_accepted_share * n_rows:
+        _reject(spec, n_rows, len(items), quarantine, home / "datasets" / spec.name)
     dataset_dir = (home / "datasets" / spec.name / version).resolve()
     reused = (dataset_dir / "manifest.json").is_file()
     if not reused:
@@ -172,8 +191,43 @@ def ingest(
     )
 
 
+def _reject(spec: CatalogSpec, n_rows: int, n_accepted: int, quarantine: _Quarantine, name_dir: Path) -> None:
+    """Keep the quarantine report (nothing is lost) and fail with the dominant reason and a hint."""
+    if n_rows == 0:
+        raise IngestRejected(f"{spec.source}: the catalog has no rows")
+    name_dir.mkdir(parents=True, exist_ok=True)
+    report = name_dir / f"rejected-{datetime.now(UTC).strftime('%Y%m%dT%H%M%S')}-quarantine.csv"
+    frame = pd.DataFrame(quarantine.rows, columns=["row", "id", "reason", "detail"])
+    frame.to_csv(report, index=False)
+    reason, count = Counter(frame["reason"]).most_common(1)[0]
+    first = frame[frame["reason"] == reason].iloc[0]
+    raise IngestRejected(
+        f"{spec.source}: only {n_accepted} of {n_rows} rows accepted, below min_accepted_share "
+        f"{spec.min_accepted_share:g}; no dataset written. Most rows ({count}) were quarantined as {reason} "
+        f"({REASONS[reason]}), e.g. row {first['row']}: {first['detail']}. Hint: {HINTS.get(reason, 'see the report')}. "
+        f"Every row's reason: {report}"
+    )
+
+
+def _image_path(ref: str, catalog_root: Path, spec: CatalogSpec, trusted: list[Path]) -> tuple[str | None, str]:
+    """(absolute path, "") for an image reference, or (None, why it is refused)."""
+    ref_path = Path(ref)
+    if ".." in ref_path.parts:
+        return None, f"{ref!r} climbs out with '..'"
+    if ref_path.is_absolute():
+        if not any(ref_path.is_relative_to(Path(r).absolute()) for r in spec.image_roots):
+            return None, f"{ref!r} is an absolute path outside the spec's image_roots"
+        path = ref_path
+    else:
+        path = catalog_root / ref_path
+    resolved = path.resolve()
+    if not any(resolved.is_relative_to(root) for root in trusted):
+        return None, f"{ref!r} resolves to {resolved} through a link; name that folder in image_roots to trust it"
+    return str(resolved), ""
+
+
 def _parse_row(
-    values: dict[str, Any], spec: CatalogSpec, catalog_root: Path
+    values: dict[str, Any], spec: CatalogSpec, catalog_root: Path, trusted: list[Path]
 ) -> tuple[dict[str, Any], str | None, str]:
     """One row -> (item, reason, detail); reason is None when the row passes the cheap checks."""
     missing = set(spec.missing_values)
@@ -199,10 +253,10 @@ def _parse_row(
             return item, "malformed_row", f"image_template needs column {e.args[0]!r}"
     item["image_path"] = None
     if image_ref:
-        path = (catalog_root / image_ref).resolve()
-        if not path.is_relative_to(catalog_root):
-            return item, "image_outside_catalog", f"{image_ref!r} resolves to {path}"
-        item["image_path"] = str(path)
+        path, why = _image_path(image_ref, catalog_root, spec, trusted)
+        if path is None:
+            return item, "image_outside_catalog", why
+        item["image_path"] = path
     if not (item["title"] or item["description"] or item["image_path"]):
         return item, "no_text_or_image", "title, description and image are all empty"
     return item, None, ""

@@ -69,7 +69,7 @@ def _read_csv(path: Path) -> Iterator[Record]:
             elif _has_bad_bytes(fields):
                 yield Record(row, None, "contains bytes that are not valid UTF-8")
             else:
-                yield Record(row, dict(zip(header, fields)))
+                yield Record(row, dict(zip(header, fields, strict=True)))
 
 
 def _has_bad_bytes(fields: list[str]) -> bool:

@@ -90,6 +90,14 @@ class CatalogSpec(_Strict):
     description_column: str | None = None
     image_column: str | None = None
     image_template: str | None = None
+    # Image paths are relative to the catalog's folder and may not leave it, through `..`, an
+    # absolute path or a link. Folders named here (relative to the spec, or absolute) are trusted
+    # too: a link into them is followed (e.g. `images/` linked to a data disk), and an absolute
+    # path inside one of them is accepted.
+    image_roots: list[Path] = []
+    # An ingest that accepts a smaller share of the rows than this fails instead of writing a
+    # dataset: it is far more likely a wrong spec than a catalog that bad.
+    min_accepted_share: float = Field(0.5, ge=0.0, le=1.0)
     attributes: list[AttributeSpec] = Field(min_length=1)
     # Cell texts that mean "no value" (pandas' usual markers); an empty cell always does.
     missing_values: list[str] = ["NA", "N/A", "NaN", "nan", "null", "NULL", "None"]
@@ -145,5 +153,5 @@ def load_spec(path: str | Path) -> CatalogSpec:
         raise SpecError(f"{path}: invalid catalog spec: {describe_errors(e)}") from None
     if not spec.source.is_absolute():
         spec = spec.with_source(path.parent / spec.source)
-    return spec
-
+    roots = [r if r.is_absolute() else (path.parent / r).absolute() for r in spec.image_roots]
+    return spec.model_copy(update={"image_roots": roots})

@@ -25,9 +25,7 @@ _RARE = "__rare__"
 _MISSING = "__missing__"
 
 
-def assign_splits(
-    labels: pd.DataFrame, attributes: Sequence[AttributeSpec], split: SplitSpec
-) -> np.ndarray:
+def assign_splits(labels: pd.DataFrame, attributes: Sequence[AttributeSpec], split: SplitSpec) -> np.ndarray:
     """Return an array of 'train' / 'validation' / 'test', one per row of `labels`.
 
     `labels` has one column per attribute: a string (multiclass), a list of

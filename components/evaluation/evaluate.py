@@ -11,8 +11,9 @@ from components.evaluation.metrics import attribute_metrics, modality_weight_sta
 from components.evaluation.report import AttributeReport, EvaluationReport, write_report
 from components.features.cache import cached_encodings
 from components.features.preprocess import encode_labels
-from components.models.model import AttributeModel, load_meta, load_model
-from components.predict import Predictions, predict_items
+from components.inference.predict import Predictions, predict_items
+from components.models.io import load_meta, load_model
+from components.models.model import AttributeModel
 
 
 def evaluate(
@@ -35,7 +36,9 @@ def evaluate(
     return report, write_report(report, out_dir, curves, weights, target)
 
 
-def predict_split(model: AttributeModel, model_dir, dataset: Dataset, split: str, progress: bool = False) -> Predictions:
+def predict_split(
+    model: AttributeModel, model_dir, dataset: Dataset, split: str, progress: bool = False
+) -> Predictions:
     """Scores of a saved model on a split ("all": every row). Frozen pretrained encoders: their
     outputs are in the embedding cache, no need to run them again; fine-tuned ones run on the rows."""
     if not load_meta(model_dir)["includes_encoders"]:
@@ -68,4 +71,3 @@ def build_report(
         attributes[spec.name] = AttributeReport(kind=spec.kind, image_weight=image_weight, **metrics)
     report = EvaluationReport(model=model_name, dataset=dataset_name, split=split, attributes=attributes)
     return report, curves, (weights or None)
-

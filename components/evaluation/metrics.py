@@ -45,9 +45,7 @@ def r_at_p(scores: np.ndarray, correct: np.ndarray, n_positive: int, target: flo
     return 0.0 if best is None else float(cum_correct[best] / n_positive)
 
 
-def precision_recall_points(
-    scores: np.ndarray, correct: np.ndarray, n_positive: int
-) -> tuple[np.ndarray, np.ndarray]:
+def precision_recall_points(scores: np.ndarray, correct: np.ndarray, n_positive: int) -> tuple[np.ndarray, np.ndarray]:
     """(precision, recall) at every distinct-score cut, highest threshold first."""
     cum_correct, size, _ = _cuts(scores, correct)
     recall = cum_correct / n_positive if n_positive > 0 else np.zeros_like(cum_correct)
@@ -129,9 +127,7 @@ def attribute_metrics(
     raise ValueError(f"unknown attribute kind {kind!r}")
 
 
-def value_thresholds(
-    probs: np.ndarray, labels: np.ndarray, kind: Kind, target: float = 0.95
-) -> list[float | None]:
+def value_thresholds(probs: np.ndarray, labels: np.ndarray, kind: Kind, target: float = 0.95) -> list[float | None]:
     """Per value, the lowest score keeping precision >= target on these rows (None: never publish)."""
     probs, labels = np.asarray(probs, dtype=float), np.asarray(labels).astype(int)
     if kind == "multiclass":

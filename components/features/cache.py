@@ -3,6 +3,9 @@
 Computed once per (dataset version, text encoder identity, image encoder identity) and
 reused by every frozen-encoder training run, evaluation and search trial.
 Stored as safetensors under `ATTRFLOW_HOME/cache/embeddings/<dataset>-<version>/`.
+
+The encoders themselves (components.models.encoders) sit above this package: they are passed
+in, and only the interface below is used.
 """
 
 from __future__ import annotations
@@ -10,8 +13,10 @@ from __future__ import annotations
 import hashlib
 import os
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any, Protocol
 
 import scipy.sparse as sp
 import torch
@@ -21,13 +26,40 @@ from torch.utils.data import DataLoader
 from tqdm import tqdm
 
 from components.catalog.dataset import Dataset
+from components.features.encoded import Features
 from components.features.lexical import LexicalBatch, hashed_ngrams, product_texts
-from components.features.preprocess import collate_fn, records
-from components.models.encoders import ImageEncoder, TextEncoder
-from components.models.fusion import Features
+from components.features.preprocess import ImagePreprocessor, TextPreprocessor, collate_fn, records
 from components.settings import get_settings
 
 POOLED = ("text", "image", "has_image")  # what a pooled-only cache file holds
+
+
+class TextEncoderLike(TextPreprocessor, Protocol):
+    """What the cache uses of a text encoder (components.models.encoders.TextEncoder): a torch
+    module whose output has `.pooled` (B, D), `.tokens` (B, T, D) and `.mask` (B, T)."""
+
+    identity: str  # part of the cache key
+    config: Any  # .max_length
+
+    def __call__(self, **inputs: torch.Tensor) -> Any: ...
+
+    def eval(self) -> Any: ...
+
+
+class ImageEncoderLike(ImagePreprocessor, Protocol):
+    """What the cache uses of an image encoder (components.models.encoders.ImageEncoder): a torch
+    module whose output has `.pooled` (B, dim) and `.tokens` (B, R, token_dim)."""
+
+    identity: str  # part of the cache key
+    config: Any  # .image_size
+    dim: int
+    token_dim: int
+
+    def __call__(self, pixels: torch.Tensor) -> Any: ...
+
+    def eval(self) -> Any: ...
+
+    def parameters(self) -> Iterator[torch.nn.Parameter]: ...
 
 
 @dataclass
@@ -71,16 +103,24 @@ class Encodings:
         return {k: v for k, v in vars(self).items() if isinstance(v, torch.Tensor)}
 
 
-def cache_path(dataset: Dataset, text: TextEncoder, image: ImageEncoder, with_tokens: bool, home: Path | None = None) -> Path:
+def cache_path(
+    dataset: Dataset, text: TextEncoderLike, image: ImageEncoderLike, with_tokens: bool, home: Path | None = None
+) -> Path:
     key = hashlib.sha256(f"{text.identity}|{image.identity}".encode()).hexdigest()[:16]
     home = home or get_settings().home
-    return home / "cache" / "embeddings" / f"{dataset.name}-{dataset.version}" / f"{key}{'-tokens' if with_tokens else ''}.safetensors"
+    return (
+        home
+        / "cache"
+        / "embeddings"
+        / f"{dataset.name}-{dataset.version}"
+        / f"{key}{'-tokens' if with_tokens else ''}.safetensors"
+    )
 
 
 def cached_encodings(
     dataset: Dataset,
-    text: TextEncoder,
-    image: ImageEncoder,
+    text: TextEncoderLike,
+    image: ImageEncoderLike,
     with_tokens: bool = False,
     batch_size: int = 64,
     device: str | torch.device = "cpu",
@@ -120,8 +160,8 @@ def save_atomic(tensors: dict[str, torch.Tensor], path: Path) -> None:
 @torch.no_grad()
 def encode_items(
     dataset: Dataset,
-    text: TextEncoder,
-    image: ImageEncoder,
+    text: TextEncoderLike,
+    image: ImageEncoderLike,
     with_tokens: bool,
     batch_size: int = 64,
     device: str | torch.device = "cpu",
@@ -157,7 +197,7 @@ def encode_items(
     return Encodings(**{k: torch.cat(v) if v else None for k, v in parts.items()})
 
 
-def _region_count(image: ImageEncoder) -> int:
+def _region_count(image: ImageEncoderLike) -> int:
     h, w = image.config.image_size
     with torch.no_grad():
         return image(torch.zeros(1, 3, h, w, device=next(image.parameters()).device)).tokens.shape[1]

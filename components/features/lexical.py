@@ -26,7 +26,7 @@ _VECTORIZER = HashingVectorizer(
 
 def product_texts(titles: Sequence[str | None], descriptions: Sequence[str | None]) -> list[str]:
     """The text the lexical channel reads: title, then description (whole, not truncated)."""
-    return [f"{t or ''} {d or ''}".strip() for t, d in zip(titles, descriptions)]
+    return [f"{t or ''} {d or ''}".strip() for t, d in zip(titles, descriptions, strict=True)]
 
 
 def hashed_ngrams(texts: Sequence[str]) -> sp.csr_matrix:

@@ -1,27 +1,87 @@
-"""Products (rows of a dataset) -> tensors: tokenised text, image pixels, encoded labels."""
+"""Products (rows of a dataset) -> tensors: tokenised text, image pixels, encoded labels.
+
+The encoders (components.models.encoders) own their tokenizer and normalisation constants and
+call the transforms here; `collate_fn` takes any object with their `tokenize` / `preprocess`.
+"""
 
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
-from typing import Any
+from typing import Any, Protocol
 
 import numpy as np
 import pandas as pd
 import torch
+from PIL import Image
 
 from components.features.lexical import LexicalBatch, hashed_ngrams, product_texts
-from components.models.encoders import ImageEncoder, TextEncoder, load_image
+
+
+class TextPreprocessor(Protocol):
+    """Text -> token tensors (components.models.encoders.TextEncoder is one)."""
+
+    def tokenize(self, titles: list[str], descriptions: list[str]) -> dict[str, torch.Tensor]: ...
+
+
+class ImagePreprocessor(Protocol):
+    """Images -> normalised pixels and a has-image mask (components.models.encoders.ImageEncoder is one)."""
+
+    def preprocess(self, images: list[Image.Image | None]) -> tuple[torch.Tensor, torch.Tensor]: ...
+
+
+def tokenize(
+    tokenizer: Callable[..., Any], titles: list[str], descriptions: list[str], max_length: int
+) -> dict[str, torch.Tensor]:
+    """Titles and descriptions -> a padded batch of token ids (input `title [SEP] description`)."""
+    if len(titles) != len(descriptions):
+        raise ValueError(f"{len(titles)} titles but {len(descriptions)} descriptions")
+    # A (title, description) pair makes the tokenizer insert [SEP]; no description -> title alone.
+    batch = [(t, d) if d and d.strip() else t for t, d in zip(titles, descriptions, strict=True)]
+    return dict(tokenizer(batch, padding="longest", truncation=True, max_length=max_length, return_tensors="pt"))
+
+
+def image_pixels(
+    images: list[Image.Image | None], image_size: tuple[int, int], mean: torch.Tensor, std: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Images -> (B, 3, h, w) pixels resized to `image_size` (height, width) and normalised with
+    `mean` / `std` (each (3, 1, 1)), and the (B,) has-image mask."""
+    h, w = image_size
+    pixels = torch.zeros(len(images), 3, h, w)
+    has_image = torch.tensor([im is not None for im in images], dtype=torch.bool)
+    for i, im in enumerate(images):
+        if im is not None:  # a missing image stays all zeros; the fusion model masks it out
+            arr = np.asarray(to_rgb(im).resize((w, h), Image.BILINEAR), dtype=np.float32) / 255.0
+            pixels[i] = (torch.from_numpy(arr).permute(2, 0, 1) - mean) / std
+    return pixels, has_image
+
+
+def to_rgb(im: Image.Image) -> Image.Image:
+    # Transparent product shots are meant to sit on white; a plain convert would expose whatever RGB hides under alpha.
+    if im.mode in ("RGBA", "LA") or (im.mode == "P" and "transparency" in im.info):
+        rgba = im.convert("RGBA")
+        background = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
+        return Image.alpha_composite(background, rgba).convert("RGB")
+    return im.convert("RGB")
+
+
+def load_image(path: str | None) -> Image.Image | None:
+    if path is None:
+        return None
+    with Image.open(path) as im:
+        return to_rgb(im)
 
 
 def collate_fn(
-    text_encoder: TextEncoder, image_encoder: ImageEncoder
+    text_encoder: TextPreprocessor, image_encoder: ImagePreprocessor
 ) -> Callable[[Sequence[dict[str, Any]]], dict[str, torch.Tensor]]:
     """A DataLoader collate function: a list of product records -> one model batch."""
 
     def collate(records: Sequence[dict[str, Any]]) -> dict[str, torch.Tensor]:
         titles, descriptions = [r.get("title") or "" for r in records], [r.get("description") or "" for r in records]
         batch = text_encoder.tokenize(titles, descriptions)
-        pixels, has_image = image_encoder.preprocess([load_image(r.get("image_path")) for r in records])
+        # A record holds a decoded `image` (the predictor) or an `image_path` (datasets).
+        images = [r["image"] if r.get("image") is not None else load_image(r.get("image_path")) for r in records]
+        pixels, has_image = image_encoder.preprocess(images)
         batch.update(pixels=pixels, has_image=has_image)
         batch.update(LexicalBatch.from_rows(hashed_ngrams(product_texts(titles, descriptions))).as_dict())
         if "index" in records[0]:

@@ -11,13 +11,14 @@ from importlib import resources
 from pathlib import Path
 from typing import Literal
 
-import numpy as np
 import timm
 import torch
 from PIL import Image
 from pydantic import BaseModel, ConfigDict, Field
 from torch import nn
 from transformers import AutoModel, AutoTokenizer, BertConfig, BertModel
+
+from components.features.preprocess import image_pixels, tokenize
 
 
 class TextEncoderConfig(BaseModel):
@@ -57,7 +58,9 @@ class ImageFeatures:
 def _file_hash(path: str | Path) -> str:
     """Short content hash of a weight file (or of every weight file in a folder)."""
     p = Path(path)
-    files = sorted(f for f in p.rglob("*") if f.suffix in {".safetensors", ".bin", ".pth", ".pt"}) if p.is_dir() else [p]
+    files = (
+        sorted(f for f in p.rglob("*") if f.suffix in {".safetensors", ".bin", ".pth", ".pt"}) if p.is_dir() else [p]
+    )
     h = hashlib.sha256()
     for f in files:
         with f.open("rb") as fh:
@@ -93,8 +96,14 @@ class TextEncoder(nn.Module):
         if name == "default":
             self.model = AutoModel.from_pretrained(str(default_text_dir()))
         elif name == "tiny-random":
-            cfg = BertConfig(vocab_size=self.tokenizer.vocab_size, hidden_size=32, num_hidden_layers=1,
-                             num_attention_heads=2, intermediate_size=64, max_position_embeddings=512)
+            cfg = BertConfig(
+                vocab_size=self.tokenizer.vocab_size,
+                hidden_size=32,
+                num_hidden_layers=1,
+                num_attention_heads=2,
+                intermediate_size=64,
+                max_position_embeddings=512,
+            )
             self.model = _seeded(lambda: BertModel(cfg, add_pooling_layer=False))
         else:
             self.model = AutoModel.from_pretrained(name)
@@ -105,12 +114,7 @@ class TextEncoder(nn.Module):
         self.eval()  # deterministic by default (no dropout); callers that fine-tune call .train()
 
     def tokenize(self, titles: list[str], descriptions: list[str]) -> dict[str, torch.Tensor]:
-        if len(titles) != len(descriptions):
-            raise ValueError(f"{len(titles)} titles but {len(descriptions)} descriptions")
-        # A (title, description) pair makes the tokenizer insert [SEP]; no description -> title alone.
-        batch = [(t, d) if d and d.strip() else t for t, d in zip(titles, descriptions)]
-        return dict(self.tokenizer(batch, padding="longest", truncation=True, max_length=self.config.max_length,
-                                   return_tensors="pt"))
+        return tokenize(self.tokenizer, titles, descriptions, self.config.max_length)
 
     def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor, **kw) -> TextFeatures:
         tokens = self.model(input_ids=input_ids, attention_mask=attention_mask, **kw).last_hidden_state
@@ -123,12 +127,14 @@ class TextEncoder(nn.Module):
         return TextFeatures(pooled=pooled, tokens=tokens, mask=mask)
 
 
-def map_state_dict_by_position(source: dict[str, torch.Tensor], target: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+def map_state_dict_by_position(
+    source: dict[str, torch.Tensor], target: dict[str, torch.Tensor]
+) -> dict[str, torch.Tensor]:
     """Rename `source` tensors to `target`'s keys, pairing them in order; every count and shape must agree."""
     if len(source) != len(target):
         raise ValueError(f"cannot map weights by position: {len(source)} tensors in file, model expects {len(target)}")
     out = {}
-    for (tk, tv), (sk, sv) in zip(target.items(), source.items()):
+    for (tk, tv), (sk, sv) in zip(target.items(), source.items(), strict=True):
         if tuple(tv.shape) != tuple(sv.shape):
             raise ValueError(f"weight shape mismatch mapping {sk} {tuple(sv.shape)} -> {tk} {tuple(tv.shape)}")
         out[tk] = sv
@@ -183,14 +189,7 @@ class ImageEncoder(nn.Module):
         self.eval()  # BatchNorm must use its running stats unless a caller fine-tunes
 
     def preprocess(self, images: list[Image.Image | None]) -> tuple[torch.Tensor, torch.Tensor]:
-        h, w = self.config.image_size
-        pixels = torch.zeros(len(images), 3, h, w)
-        has_image = torch.tensor([im is not None for im in images], dtype=torch.bool)
-        for i, im in enumerate(images):
-            if im is not None:  # a missing image stays all zeros; the fusion model masks it out
-                arr = np.asarray(_to_rgb(im).resize((w, h), Image.BILINEAR), dtype=np.float32) / 255.0
-                pixels[i] = (torch.from_numpy(arr).permute(2, 0, 1) - self.norm_mean) / self.norm_std
-        return pixels, has_image
+        return image_pixels(images, self.config.image_size, self.norm_mean, self.norm_std)
 
     def forward(self, pixels: torch.Tensor) -> ImageFeatures:
         self._stage_outputs.clear()
@@ -198,24 +197,11 @@ class ImageEncoder(nn.Module):
         pooled = self.model.forward_head(feats, pre_logits=True)  # the backbone's own global pooling
         if self.config.extra_stages:
             g = self.config.extra_grid
-            extra = [nn.functional.adaptive_avg_pool2d(self._stage_outputs[s], g).flatten(1) for s in self.config.extra_stages]
+            extra = [
+                nn.functional.adaptive_avg_pool2d(self._stage_outputs[s], g).flatten(1)
+                for s in self.config.extra_stages
+            ]
             pooled = torch.cat([pooled, *extra], dim=1)
             self._stage_outputs.clear()
         tokens = feats.flatten(2).transpose(1, 2) if feats.ndim == 4 else feats  # (B,C,h,w) -> (B,h*w,C)
         return ImageFeatures(pooled=pooled, tokens=tokens)
-
-
-def _to_rgb(im: Image.Image) -> Image.Image:
-    # Transparent product shots are meant to sit on white; a plain convert would expose whatever RGB hides under alpha.
-    if im.mode in ("RGBA", "LA") or (im.mode == "P" and "transparency" in im.info):
-        rgba = im.convert("RGBA")
-        background = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
-        return Image.alpha_composite(background, rgba).convert("RGB")
-    return im.convert("RGB")
-
-
-def load_image(path: str | None) -> Image.Image | None:
-    if path is None:
-        return None
-    with Image.open(path) as im:
-        return _to_rgb(im)

@@ -11,29 +11,14 @@ attention is forced to text. No image is ever invented.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Annotated, ClassVar, Literal
+from typing import Annotated, ClassVar, Literal
 
 import torch
 from pydantic import BaseModel, ConfigDict, Field
 from torch import nn
 
+from components.features.encoded import Features
 from components.models.heads import HeadConfig, Heads, HeadSpec
-
-if TYPE_CHECKING:
-    from components.features.lexical import LexicalBatch
-
-
-@dataclass
-class Features:
-    """What the encoders hand to a fusion. Token fields are filled only when a fusion needs them."""
-
-    text: torch.Tensor  # (B, Dt) pooled text
-    image: torch.Tensor  # (B, Di) pooled image; zeros where has_image is False
-    has_image: torch.Tensor  # (B,) bool
-    text_tokens: torch.Tensor | None = None  # (B, T, Dt)
-    text_mask: torch.Tensor | None = None  # (B, T) bool, True for real tokens
-    image_tokens: torch.Tensor | None = None  # (B, R, Di)
-    lexical: LexicalBatch | None = None  # hashed n-grams; the model appends their embedding to `text`
 
 
 @dataclass
@@ -103,7 +88,12 @@ def register_fusion(name: str):
 
 
 def create_fusion(
-    config, text_dim: int, image_dim: int, attributes: list[HeadSpec], head: HeadConfig, image_token_dim: int | None = None
+    config,
+    text_dim: int,
+    image_dim: int,
+    attributes: list[HeadSpec],
+    head: HeadConfig,
+    image_token_dim: int | None = None,
 ) -> Fusion:
     """`image_token_dim`: width of the image region tokens when it differs from the pooled
     vector's (multi-scale pooling appends earlier stages to the pooled vector only)."""
@@ -301,7 +291,6 @@ __all__ = [
     "FUSIONS",
     "ConcatFusionConfig",
     "CrossAttentionConfig",
-    "Features",
     "FusionConfig",
     "FusionOutput",
     "ImageFusionConfig",

@@ -1,24 +1,21 @@
 """AttributeModel = text encoder + image encoder + fusion (with one head per attribute).
 
 timm-style: `forward_features` runs the encoders, `forward_head` the fusion and heads,
-`create_model` builds one from a typed config. Saved as safetensors + JSON (no pickle).
+`create_model` builds one from a typed config. Saved and loaded by components.models.io.
 """
 
 from __future__ import annotations
 
-import json
 from dataclasses import replace
-from pathlib import Path
 
 import torch
 from pydantic import BaseModel, ConfigDict, Field, model_validator
-from safetensors.torch import load_file, save_file
 from torch import nn
 
+from components.features.encoded import Features
 from components.features.lexical import N_HASHES, LexicalBatch
 from components.models.encoders import ImageEncoder, ImageEncoderConfig, TextEncoder, TextEncoderConfig
 from components.models.fusion import (
-    Features,
     FusionConfig,
     FusionOutput,
     ModalityAttentionConfig,
@@ -54,7 +51,9 @@ class ModelConfig(BaseModel):
     @model_validator(mode="after")
     def _lexical_needs_pooled_text(self) -> ModelConfig:
         if self.lexical is not None and not fusion_reads_pooled_text(self.fusion.name):
-            raise ValueError(f"lexical: fusion {self.fusion.name!r} does not read the pooled text vector the lexical channel extends")
+            raise ValueError(
+                f"lexical: fusion {self.fusion.name!r} does not read the pooled text vector the lexical channel extends"
+            )
         return self
 
 
@@ -91,7 +90,11 @@ class AttributeModel(nn.Module):
         self.lexical = LexicalEmbedding(config.lexical) if config.lexical is not None else None
         text_dim = self.text_encoder.dim + (config.lexical.dim if config.lexical is not None else 0)
         self.fusion = create_fusion(
-            config.fusion, text_dim, self.image_encoder.dim, self.specs, config.head,
+            config.fusion,
+            text_dim,
+            self.image_encoder.dim,
+            self.specs,
+            config.head,
             image_token_dim=self.image_encoder.token_dim,
         )
 
@@ -106,7 +109,12 @@ class AttributeModel(nn.Module):
         has_image = batch["has_image"]
         lexical = LexicalBatch.from_dict(batch) if self.lexical is not None else None
         if not self.fusion.reads_image:  # e.g. `text`: skip the CNN (most of a fine-tuning step's cost)
-            return Features(text=t.pooled, image=t.pooled.new_zeros(len(has_image), self.image_encoder.dim), has_image=has_image, lexical=lexical)
+            return Features(
+                text=t.pooled,
+                image=t.pooled.new_zeros(len(has_image), self.image_encoder.dim),
+                has_image=has_image,
+                lexical=lexical,
+            )
         i = self.image_encoder(batch["pixels"])
         keep = has_image[:, None].to(i.pooled.dtype)
         return Features(
@@ -122,7 +130,9 @@ class AttributeModel(nn.Module):
     def forward_head(self, features: Features) -> FusionOutput:
         if self.lexical is not None:
             if features.lexical is None:
-                raise ValueError("this model has a lexical channel: its features need the hashed n-grams (Features.lexical)")
+                raise ValueError(
+                    "this model has a lexical channel: its features need the hashed n-grams (Features.lexical)"
+                )
             features = replace(features, text=torch.cat([features.text, self.lexical(features.lexical)], dim=-1))
         return self.fusion(features)
 
@@ -156,62 +166,3 @@ def create_model(config: ModelConfig | dict | str, vocab: dict[str, Vocab | dict
             raise ValueError(f"model config names attributes {missing} that the dataset does not have")
         vocab = {k: vocab[k] for k in config.attributes}
     return AttributeModel(config, vocab)
-
-
-# --- saving and loading -------------------------------------------------------------------------
-
-WEIGHTS, CONFIG, VOCAB, THRESHOLDS = "model.safetensors", "config.json", "vocab.json", "thresholds.json"
-
-
-def save_model(
-    model: AttributeModel,
-    out_dir: Path,
-    thresholds: dict[str, list[float | None]] | None = None,
-    include_encoders: bool = True,
-    extra: dict | None = None,
-) -> Path:
-    """Write weights + config + vocab (+ thresholds). Frozen pretrained encoders need not be
-    stored again (`include_encoders=False`): they are rebuilt from their config on load."""
-    out_dir = Path(out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
-    state = model.state_dict()
-    if not include_encoders:
-        state = {k: v for k, v in state.items() if not k.startswith(("text_encoder.", "image_encoder."))}
-    save_file({k: v.detach().contiguous().cpu() for k, v in state.items()}, str(out_dir / WEIGHTS))
-    meta = {"model": model.config.model_dump(mode="json"), "includes_encoders": include_encoders, **(extra or {})}
-    (out_dir / CONFIG).write_text(json.dumps(meta, indent=1))
-    (out_dir / VOCAB).write_text(json.dumps({k: v.model_dump() for k, v in model.vocab.items()}, indent=1))
-    if thresholds is not None:
-        (out_dir / THRESHOLDS).write_text(json.dumps(thresholds, indent=1))
-    return out_dir
-
-
-def load_model(model_dir: str | Path, device: str | torch.device = "cpu") -> AttributeModel:
-    """A saved model folder -> its model in eval mode (an `EnsembleModel` for an ensemble folder,
-    which predicts like an `AttributeModel`)."""
-    model_dir = Path(model_dir)
-    if not (model_dir / CONFIG).is_file():
-        raise FileNotFoundError(f"{model_dir} is not a saved attrflow model (no {CONFIG})")
-    meta = json.loads((model_dir / CONFIG).read_text())
-    if "ensemble" in meta:
-        from components.models.ensemble import load_ensemble  # it builds on this module
-
-        return load_ensemble(model_dir, meta, device)  # type: ignore[return-value]
-    vocab = {k: Vocab.model_validate(v) for k, v in json.loads((model_dir / VOCAB).read_text()).items()}
-    model = AttributeModel(ModelConfig.model_validate(meta["model"]), vocab)
-    state = load_file(str(model_dir / WEIGHTS))
-    missing, unexpected = model.load_state_dict(state, strict=False)
-    if not meta["includes_encoders"]:
-        missing = [k for k in missing if not k.startswith(("text_encoder.", "image_encoder."))]
-    if missing or unexpected:
-        raise ValueError(f"{model_dir}: weights do not match the config (missing {missing[:5]}, unexpected {unexpected[:5]})")
-    return model.to(device).eval()
-
-
-def load_thresholds(model_dir: str | Path) -> dict[str, list[float | None]]:
-    path = Path(model_dir) / THRESHOLDS
-    return json.loads(path.read_text()) if path.is_file() else {}
-
-
-def load_meta(model_dir: str | Path) -> dict:
-    return json.loads((Path(model_dir) / CONFIG).read_text())

@@ -107,8 +107,15 @@ class Registry:
                 dataset_id = s.scalar(select(Dataset.id).filter_by(name=dataset[0], version=dataset[1]))
                 if dataset_id is None:
                     raise RegistryError(f"unknown dataset {dataset[0]} {dataset[1]} (register it first)")
-            run = Run(kind=kind, status="running", config=config, dataset_id=dataset_id, epoch_metrics=[],
-                      flow_run_id=flow_run_id, parent_run_id=parent_run_id)
+            run = Run(
+                kind=kind,
+                status="running",
+                config=config,
+                dataset_id=dataset_id,
+                epoch_metrics=[],
+                flow_run_id=flow_run_id,
+                parent_run_id=parent_run_id,
+            )
             s.add(run)
             s.flush()
             return run.id
@@ -209,8 +216,15 @@ class Registry:
                 raise RegistryError(f"no run with id {run_id}")
             version = (s.scalar(select(func.max(ModelVersion.version)).filter_by(name=name)) or 0) + 1
             final = self.models_dir / name / str(version)
-            row = ModelVersion(name=name, version=version, run_id=run_id, artifact_dir=str(final),
-                               metrics=metrics, thresholds=thresholds, stage="candidate")
+            row = ModelVersion(
+                name=name,
+                version=version,
+                run_id=run_id,
+                artifact_dir=str(final),
+                metrics=metrics,
+                thresholds=thresholds,
+                stage="candidate",
+            )
             s.add(row)
             try:
                 # Claims (name, version). On PostgreSQL a concurrent claim of the same number waits
@@ -266,19 +280,26 @@ class Registry:
             production = next((v for v in versions.values() if v.stage == "production"), None)
             cand = candidate_score if candidate_score is not None else _score(candidate, metric)
             if production is candidate:
-                return PromotionDecision(promote=False, reason=f"version {version} is already production",
-                                         candidate_score=cand, production_score=cand)
+                return PromotionDecision(
+                    promote=False,
+                    reason=f"version {version} is already production",
+                    candidate_score=cand,
+                    production_score=cand,
+                )
             if production is None:
-                decision = PromotionDecision(promote=True, reason="no production version yet",
-                                             candidate_score=cand, production_score=None)
+                decision = PromotionDecision(
+                    promote=True, reason="no production version yet", candidate_score=cand, production_score=None
+                )
             else:
                 prod = production_score if production_score is not None else _score(production, metric)
                 if cand is None or prod is None:
                     which = version if cand is None else production.version
                     raise RegistryError(f"{name} version {which} has no {metric!r} in its metrics; pass the scores")
                 ok = cand >= prod
-                reason = (f"{metric}: candidate v{version} {cand:.4f} {'>=' if ok else '<'} production "
-                          f"v{production.version} {prod:.4f}" + ("" if ok else f"; stays {candidate.stage}"))
+                reason = (
+                    f"{metric}: candidate v{version} {cand:.4f} {'>=' if ok else '<'} production "
+                    f"v{production.version} {prod:.4f}" + ("" if ok else f"; stays {candidate.stage}")
+                )
                 decision = PromotionDecision(promote=ok, reason=reason, candidate_score=cand, production_score=prod)
             if decision.promote:
                 self._make_production(s, versions, candidate, decision.reason)
@@ -322,11 +343,15 @@ class Registry:
             current = next((v for v in versions.values() if v.stage == "production"), None)
             if current is None or current.promoted_at is None:
                 raise RegistryError(f"{name} has no production version to roll back")
-            earlier = [v for v in versions.values() if v.stage == "archived" and v.promoted_at is not None
-                       and v.promoted_at <= current.promoted_at]
+            earlier = [
+                v
+                for v in versions.values()
+                if v.stage == "archived" and v.promoted_at is not None and v.promoted_at <= current.promoted_at
+            ]
             if not earlier:
-                raise RegistryError(f"nothing to roll back to: {name} v{current.version} is the only production "
-                                    "version in its history")
+                raise RegistryError(
+                    f"nothing to roll back to: {name} v{current.version} is the only production version in its history"
+                )
             previous = max(earlier, key=lambda v: (v.promoted_at, v.version))
             current.stage, current.promoted_at = "archived", None
             current.decision = f"rolled back at {utcnow():%Y-%m-%d %H:%M:%S} UTC; v{previous.version} restored"

@@ -27,8 +27,9 @@ from components.catalog.dataset import Dataset
 from components.evaluation.metrics import attribute_metrics, value_thresholds
 from components.features.cache import Encodings, cached_encodings
 from components.features.preprocess import collate_fn, encode_labels, records
-from components.models.model import CONFIG, WEIGHTS, AttributeModel, ModelConfig, Vocab, create_model, load_meta, save_model
-from components.predict import predict_items
+from components.inference.predict import predict_items
+from components.models.io import CONFIG, WEIGHTS, load_meta, save_model
+from components.models.model import AttributeModel, ModelConfig, Vocab, create_model
 from components.training.losses import log_class_priors, supervised_loss
 from components.yaml_files import describe_errors, read_yaml_mapping
 
@@ -165,10 +166,18 @@ def train(
         if cfg.frozen:  # frozen encoders stay in eval mode (no dropout, fixed batch-norm statistics)
             model.text_encoder.eval()
             model.image_encoder.eval()
-        order = train_idx[torch.randperm(len(train_idx), generator=torch.Generator().manual_seed(cfg.seed * 1000 + epoch)).numpy()]
+        order = train_idx[
+            torch.randperm(len(train_idx), generator=torch.Generator().manual_seed(cfg.seed * 1000 + epoch)).numpy()
+        ]
         drop = torch.Generator().manual_seed(cfg.seed * 1000 + epoch + 1) if cfg.image_dropout > 0 else None
         batches = _batches(model, dataset, encodings, order, cfg, device, drop)
-        bar = tqdm(batches, total=steps_per_epoch, desc=f"epoch {epoch + 1}/{cfg.epochs}", disable=not progress, mininterval=1.0)
+        bar = tqdm(
+            batches,
+            total=steps_per_epoch,
+            desc=f"epoch {epoch + 1}/{cfg.epochs}",
+            disable=not progress,
+            mininterval=1.0,
+        )
         seen, loss_sum, start = 0, 0.0, time.perf_counter()
         for batch_idx, forward in bar:
             if scheduler.last_epoch >= total_steps:  # the step budget is spent
@@ -204,8 +213,10 @@ def train(
         state["epoch"] = epoch + 1
         _save_checkpoint(ckpt_dir, model, optimizer, scheduler, state, cfg.frozen)
         if progress:
-            print(f"epoch {epoch + 1}: loss {record['train_loss']:.4f}  val {cfg.monitor} {record['validation'][cfg.monitor]:.4f}  "
-                  f"{record['items_per_second']:.0f} items/s")
+            print(
+                f"epoch {epoch + 1}: loss {record['train_loss']:.4f}  val {cfg.monitor} {record['validation'][cfg.monitor]:.4f}  "
+                f"{record['items_per_second']:.0f} items/s"
+            )
         if on_epoch_end is not None:
             on_epoch_end(epoch + 1, record)
 
@@ -318,6 +329,30 @@ def _seed_everything(seed: int) -> None:
     torch.manual_seed(seed)
 
 
+def rng_state() -> dict:
+    """Every generator a training step draws from: Python's, NumPy's, torch's CPU and CUDA ones.
+    Plain tensors and tuples only, so `torch.load(..., weights_only=True)` reads it."""
+    kind, keys, pos, has_gauss, gauss = np.random.get_state()
+    return {
+        "python": random.getstate(),
+        "numpy": (kind, torch.from_numpy(keys.astype(np.int64)), pos, has_gauss, gauss),
+        "torch": torch.get_rng_state(),
+        "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
+    }
+
+
+def set_rng_state(state: dict) -> None:
+    random.setstate(state["python"])
+    kind, keys, pos, has_gauss, gauss = state["numpy"]
+    np.random.set_state((kind, keys.numpy().astype(np.uint32), pos, has_gauss, gauss))
+    torch.set_rng_state(state["torch"])
+    # A CUDA checkpoint resumed on a CPU has no CUDA generators to restore (and needs none);
+    # on a machine with another GPU count, the ones both have are restored.
+    if state["cuda"] and torch.cuda.is_available():
+        for i, s in enumerate(state["cuda"][: torch.cuda.device_count()]):
+            torch.cuda.set_rng_state(s, i)
+
+
 def _trainable_state(model: AttributeModel, frozen: bool) -> dict[str, torch.Tensor]:
     state = model.state_dict()
     if frozen:
@@ -332,10 +367,14 @@ def _load_trainable(model: AttributeModel, path: Path) -> None:
     try:
         missing, unexpected = model.load_state_dict(load_file(str(path)), strict=False)
     except RuntimeError as e:  # shapes differ
-        raise ValueError(f"{path} does not match this model config ({str(e).strip().splitlines()[-1].strip()}); {hint}") from None
+        raise ValueError(
+            f"{path} does not match this model config ({str(e).strip().splitlines()[-1].strip()}); {hint}"
+        ) from None
     missing = [k for k in missing if not k.startswith(("text_encoder.", "image_encoder."))]
     if missing or unexpected:
-        raise ValueError(f"{path} does not match this model config (missing {missing[:5]}, unexpected {unexpected[:5]}); {hint}")
+        raise ValueError(
+            f"{path} does not match this model config (missing {missing[:5]}, unexpected {unexpected[:5]}); {hint}"
+        )
 
 
 def _save_checkpoint(ckpt_dir: Path, model, optimizer, scheduler, state: dict, frozen: bool) -> None:
@@ -344,7 +383,7 @@ def _save_checkpoint(ckpt_dir: Path, model, optimizer, scheduler, state: dict, f
     ckpt_dir.mkdir(parents=True, exist_ok=True)
     save_file(_trainable_state(model, frozen), str(ckpt_dir / "last.safetensors"))
     torch.save(
-        {"optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(), "torch_rng": torch.get_rng_state()},
+        {"optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(), "rng": rng_state()},
         ckpt_dir / "optimizer.pt",
     )
     tmp = ckpt_dir / "state.json.tmp"
@@ -353,11 +392,13 @@ def _save_checkpoint(ckpt_dir: Path, model, optimizer, scheduler, state: dict, f
 
 
 def _load_checkpoint(ckpt_dir: Path, model, optimizer, scheduler) -> dict:
+    """Resume on any device: tensors load onto the CPU, and the optimizer moves its state onto
+    the parameters' device (a GPU checkpoint resumes on a CPU and the other way round)."""
     _load_trainable(model, ckpt_dir / "last.safetensors")
-    extra = torch.load(ckpt_dir / "optimizer.pt", weights_only=True)
+    extra = torch.load(ckpt_dir / "optimizer.pt", map_location="cpu", weights_only=True)
     optimizer.load_state_dict(extra["optimizer"])
     scheduler.load_state_dict(extra["scheduler"])
-    torch.set_rng_state(extra["torch_rng"])
+    set_rng_state(extra["rng"])
     state = json.loads((ckpt_dir / "state.json").read_text())
     print(f"resuming from {ckpt_dir} after epoch {state['epoch']}")
     return state

@@ -7,7 +7,14 @@ Plain library code, no orchestration: `flows/tune.py` wraps it in a Prefect flow
     result = run_search(spec, dataset, "out/search")
 """
 
-from components.tuning.search import SearchResult, TrialRecord, prepare_embeddings, ray_session, retrain_on_train_validation, run_search
+from components.tuning.search import (
+    SearchResult,
+    TrialRecord,
+    prepare_embeddings,
+    ray_session,
+    retrain_on_train_validation,
+    run_search,
+)
 from components.tuning.space import SearchSpec, build_train_config, load_search
 
 __all__ = [

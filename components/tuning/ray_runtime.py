@@ -1,7 +1,7 @@
 """The Ray side of a search: a local instance or a cluster connection, and what the workers need.
 
-    with ray_session():                        # local Ray on this machine's cores, shut down after
-    with ray_session("ray://head:10001"):      # an existing cluster
+with ray_session():                        # local Ray on this machine's cores, shut down after
+with ray_session("ray://head:10001"):      # an existing cluster
 """
 
 from __future__ import annotations

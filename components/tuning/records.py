@@ -30,7 +30,9 @@ class TrialRecord:
     best_epoch: int | None = None
 
     def best(self, metric: str) -> float | None:
-        values = [h[metric] for h in self.history if isinstance(h.get(metric), int | float) and not math.isnan(h[metric])]
+        values = [
+            h[metric] for h in self.history if isinstance(h.get(metric), int | float) and not math.isnan(h[metric])
+        ]
         return max(values) if values else None
 
     def summary(self, metric: str) -> dict[str, Any]:
@@ -82,8 +84,10 @@ class SearchResult:
             "seconds": self.seconds,
             "counts": self.counts(),
             "best": self.best.summary(self.metric) if self.best else None,
-            "trials": [{**t.summary(self.metric), "status": t.status, "run_id": t.run_id, "error": t.error}
-                       for t in self.trials],
+            "trials": [
+                {**t.summary(self.metric), "status": t.status, "run_id": t.run_id, "error": t.error}
+                for t in self.trials
+            ],
         }
 
 
@@ -112,8 +116,15 @@ def recorder_class():
     class TrialRecorder(Callback):
         """Keeps a TrialRecord per trial and mirrors it into the registry (driver side)."""
 
-        def __init__(self, spec: SearchSpec, scheduler, trials_dir: Path, registry_url: str | None,
-                     parent_run_id: int | None, dataset: tuple[str, str] | None):
+        def __init__(
+            self,
+            spec: SearchSpec,
+            scheduler,
+            trials_dir: Path,
+            registry_url: str | None,
+            parent_run_id: int | None,
+            dataset: tuple[str, str] | None,
+        ):
             self.spec, self.scheduler, self.trials_dir = spec, scheduler, trials_dir
             self.registry_url, self.parent_run_id, self.dataset = registry_url, parent_run_id, dataset
             self.records: dict[str, TrialRecord] = {}
@@ -146,8 +157,9 @@ def recorder_class():
                     "search": self.spec.source,
                     **build_train_config(self.spec, params).model_dump(mode="json"),
                 }
-                record.run_id = self.registry.start_run("tune-trial", config, self.dataset,
-                                                        parent_run_id=self.parent_run_id)
+                record.run_id = self.registry.start_run(
+                    "tune-trial", config, self.dataset, parent_run_id=self.parent_run_id
+                )
 
         def on_trial_result(self, iteration, trials, trial, result, **info):
             record = self.records.get(trial.trial_id)
@@ -195,6 +207,11 @@ def recorder_class():
             if record.run_id is not None:
                 self.registry.fail_run(record.run_id, record.error)
 
+        def on_experiment_end(self, trials, **info):
+            if self._registry is not None:  # dispose the engine: under PostgreSQL it holds connections
+                self._registry.close()
+                self._registry = None
+
     return TrialRecorder
 
 
@@ -240,14 +257,20 @@ def records_from_results(grid, spec: SearchSpec, trials_dir: Path) -> list[Trial
 def record_after(records, spec, registry_url, parent_run_id, dataset_key) -> None:
     from components.registry import Registry
 
-    registry = Registry(registry_url)
-    for r in records:
-        config = {"trial_id": r.trial_id, "params": r.params, "mode": spec.mode, "metric": spec.metric,
-                  "search": spec.source, **build_train_config(spec, r.params).model_dump(mode="json")}
-        r.run_id = registry.start_run("tune-trial", config, dataset_key, parent_run_id=parent_run_id)
-        for epoch in r.history:
-            registry.log_epoch(r.run_id, epoch)
-        if r.status == "failed":
-            registry.fail_run(r.run_id, r.error or "failed")
-        else:
-            registry.finish_run(r.run_id, r.summary(spec.metric))
+    with Registry(registry_url) as registry:
+        for r in records:
+            config = {
+                "trial_id": r.trial_id,
+                "params": r.params,
+                "mode": spec.mode,
+                "metric": spec.metric,
+                "search": spec.source,
+                **build_train_config(spec, r.params).model_dump(mode="json"),
+            }
+            r.run_id = registry.start_run("tune-trial", config, dataset_key, parent_run_id=parent_run_id)
+            for epoch in r.history:
+                registry.log_epoch(r.run_id, epoch)
+            if r.status == "failed":
+                registry.fail_run(r.run_id, r.error or "failed")
+            else:
+                registry.finish_run(r.run_id, r.summary(spec.metric))

@@ -6,8 +6,19 @@ from pathlib import Path
 
 from components.tuning.records import SearchResult, TrialRecord
 
-_PARAM_ORDER = ("fusion", "lambda_kl", "lr_head", "lr_text", "lr_image", "weight_decay", "warmup_share",
-                "epochs", "batch_size", "head_hidden", "head_dropout")
+_PARAM_ORDER = (
+    "fusion",
+    "lambda_kl",
+    "lr_head",
+    "lr_text",
+    "lr_image",
+    "weight_decay",
+    "warmup_share",
+    "epochs",
+    "batch_size",
+    "head_hidden",
+    "head_dropout",
+)
 
 
 def _fmt(v) -> str:
@@ -37,15 +48,20 @@ def leaderboard_markdown(result: SearchResult, top: int = 10, plot: Path | None 
     for i, t in enumerate(ranked, 1):
         cells = [_fmt(t.params.get(p, "-")) for p in params]
         best = t.best(metric)
-        lines.append(f"| {i} | {t.trial_id} | {t.run_id if t.run_id is not None else '-'} | " + " | ".join(cells)
-                     + f" | {best:.4f} | {t.summary(metric)['best_epoch'] or '-'} | {len(t.history)} | {_status(t)} |")
+        lines.append(
+            f"| {i} | {t.trial_id} | {t.run_id if t.run_id is not None else '-'} | "
+            + " | ".join(cells)
+            + f" | {best:.4f} | {t.summary(metric)['best_epoch'] or '-'} | {len(t.history)} | {_status(t)} |"
+        )
     failed = [t for t in result.trials if t.status == "failed"]
     if failed:
         lines.append("\nFailed trials:\n")
         lines += [f"- {t.trial_id} (run {t.run_id}): {(t.error or '').splitlines()[0][:200]}" for t in failed]
     if result.best is not None:
-        lines.append(f"\nBest trial: **{result.best.trial_id}** "
-                     f"({', '.join(f'{k}={_fmt(v)}' for k, v in result.best.params.items())}).")
+        lines.append(
+            f"\nBest trial: **{result.best.trial_id}** "
+            f"({', '.join(f'{k}={_fmt(v)}' for k, v in result.best.params.items())})."
+        )
     if plot is not None:
         lines.append(f"\nMetric vs lambda per fusion: `{plot}`")
     return "\n".join(lines) + "\n"
@@ -75,10 +91,21 @@ def plot_metric_vs_lambda(result: SearchResult, path: str | Path) -> Path:
         if fusion == "modality_attention" and with_lambda:
             done = [t for t in with_lambda if not t.stopped_early]
             stopped = [t for t in with_lambda if t.stopped_early]
-            ax.scatter([t.params["lambda_kl"] for t in done], [t.best(metric) for t in done], color=colour,
-                       label=f"{fusion} ({len(with_lambda)})", zorder=3)
-            ax.scatter([t.params["lambda_kl"] for t in stopped], [t.best(metric) for t in stopped], color=colour,
-                       marker="x", zorder=3, label=f"{fusion}, stopped early" if stopped else None)
+            ax.scatter(
+                [t.params["lambda_kl"] for t in done],
+                [t.best(metric) for t in done],
+                color=colour,
+                label=f"{fusion} ({len(with_lambda)})",
+                zorder=3,
+            )
+            ax.scatter(
+                [t.params["lambda_kl"] for t in stopped],
+                [t.best(metric) for t in stopped],
+                color=colour,
+                marker="x",
+                zorder=3,
+                label=f"{fusion}, stopped early" if stopped else None,
+            )
         else:
             values = [t.best(metric) for t in ts]
             ax.axhspan(min(values), max(values), color=colour, alpha=0.12)

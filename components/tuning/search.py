@@ -22,7 +22,14 @@ import pandas as pd
 
 from components.catalog.dataset import Dataset
 from components.tuning.ray_runtime import gpus_available, ray_client, ray_session, worker_env
-from components.tuning.records import SearchResult, TrialRecord, asha_class, record_after, recorder_class, records_from_results
+from components.tuning.records import (
+    SearchResult,
+    TrialRecord,
+    asha_class,
+    record_after,
+    recorder_class,
+    records_from_results,
+)
 from components.tuning.space import SearchSpec, build_train_config, define_by_run
 from components.tuning.trainable import TrialContext, run_trial
 
@@ -104,8 +111,9 @@ def run_search(
         # Through Ray Client (ray://) Tune's driver loop, callbacks included, runs on the cluster's
         # head node: the trials are then recorded here after the search, from its results.
         client = ray_client()
-        recorder = recorder_class()(spec, scheduler, trials_dir, None if client else registry_url, parent_run_id,
-                                     dataset_key)
+        recorder = recorder_class()(
+            spec, scheduler, trials_dir, None if client else registry_url, parent_run_id, dataset_key
+        )
         tuner = tune.Tuner(
             trainable,
             tune_config=tune.TuneConfig(
@@ -190,6 +198,9 @@ def _derive_cache(spec: SearchSpec, cfg, dataset: Dataset, derived: Dataset) -> 
     if target.is_file():
         return
     enc = cached_encodings(dataset, text, image, with_tokens=tokens, progress=False)
-    order = torch.as_tensor(np.concatenate([np.arange(len(dataset.items)),
-                                            np.flatnonzero(dataset.items["split"].to_numpy() == "validation")]))
+    order = torch.as_tensor(
+        np.concatenate(
+            [np.arange(len(dataset.items)), np.flatnonzero(dataset.items["split"].to_numpy() == "validation")]
+        )
+    )
     save_atomic({k: v[order].contiguous() for k, v in enc.tensors().items()}, target)

@@ -149,7 +149,9 @@ class SearchSpec(_Strict):
             if value not in FUSION_NAMES:
                 raise ValueError(f"parameters.fusion: unknown fusion {value!r}; known: {list(FUSION_NAMES)}")
         if p.lambda_kl is not None and "modality_attention" not in _values(p.fusion):
-            raise ValueError("parameters.lambda_kl: only used by modality_attention, which parameters.fusion does not include")
+            raise ValueError(
+                "parameters.lambda_kl: only used by modality_attention, which parameters.fusion does not include"
+            )
         for name in ("epochs", "batch_size", "head_hidden"):
             for v in _bounds(getattr(p, name)):
                 if not isinstance(v, int) or isinstance(v, bool) or v < 1:
@@ -215,7 +217,10 @@ def load_search(path: str | Path) -> SearchSpec:
     # Every fusion must make a valid config with the extreme values of the ranges.
     for fusion in spec.fusions:
         for pick in (0, -1):
-            params = {"fusion": fusion, **{k: _bounds(v)[pick] for k, v in spec.parameters if k != "fusion" and v is not None}}
+            params = {
+                "fusion": fusion,
+                **{k: _bounds(v)[pick] for k, v in spec.parameters if k != "fusion" and v is not None},
+            }
             try:
                 build_train_config(spec, params)
             except ValidationError as e:

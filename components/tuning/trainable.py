@@ -61,18 +61,28 @@ def run_trial(config: dict[str, Any], context: TrialContext) -> None:
     out_dir = Path(context.trials_dir) / tune.get_context().get_trial_id()
 
     def report(epoch: int, record: dict[str, Any]) -> None:
-        tune.report({"epoch": epoch, "train_loss": record["train_loss"], "items_per_second": record["items_per_second"],
-                     **record["validation"]})
+        tune.report(
+            {
+                "epoch": epoch,
+                "train_loss": record["train_loss"],
+                "items_per_second": record["items_per_second"],
+                **record["validation"],
+            }
+        )
 
     result = train(train_config, _dataset(context.dataset_dir), out_dir, on_epoch_end=report, progress=False)
     shutil.rmtree(out_dir / "checkpoint", ignore_errors=True)  # a trial is never resumed: its model folder suffices
     # Read by the driver once the trial ends: the trial trained to its end (not stopped by ASHA).
-    (out_dir / "trial.json").write_text(json.dumps({
-        "best_epoch": result.best_epoch,
-        "epochs_run": result.epochs_run,
-        "validation": result.validation,
-        "items_per_second": result.items_per_second,
-    }))
+    (out_dir / "trial.json").write_text(
+        json.dumps(
+            {
+                "best_epoch": result.best_epoch,
+                "epochs_run": result.epochs_run,
+                "validation": result.validation,
+                "items_per_second": result.items_per_second,
+            }
+        )
+    )
 
 
 def _assigned_cpus() -> int | None:

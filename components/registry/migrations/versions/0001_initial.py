@@ -70,8 +70,12 @@ def upgrade() -> None:
     )
     production = sa.text("stage = 'production'")
     op.create_index(
-        "uq_model_versions_one_production", "model_versions", ["name"], unique=True,
-        sqlite_where=production, postgresql_where=production,
+        "uq_model_versions_one_production",
+        "model_versions",
+        ["name"],
+        unique=True,
+        sqlite_where=production,
+        postgresql_where=production,
     )
 
 

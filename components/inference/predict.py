@@ -1,9 +1,8 @@
-"""Running a model: scores for many products (evaluation) or one product (the CLI, serving)."""
+"""Scores for many products (evaluation, training) and their JSON form; `predictor.py` scores raw products."""
 
 from __future__ import annotations
 
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -13,7 +12,7 @@ from torch.utils.data import DataLoader
 
 from components.features.cache import Encodings
 from components.features.preprocess import collate_fn, records
-from components.models.model import AttributeModel, load_model, load_thresholds
+from components.models.model import AttributeModel
 
 
 @dataclass
@@ -38,11 +37,16 @@ def predict_items(
     weights, has_image = [], []
     if encodings is not None:
         idx = torch.as_tensor(index if index is not None else np.arange(len(encodings)))
-        batches = (model.forward_head(encodings.features(idx[i : i + batch_size], device)) for i in range(0, len(idx), batch_size))
+        batches = (
+            model.forward_head(encodings.features(idx[i : i + batch_size], device))
+            for i in range(0, len(idx), batch_size)
+        )
         has_image.append(encodings.has_image[idx].numpy())
     else:
         assert items is not None, "give items or encodings"
-        loader = DataLoader(records(items), batch_size=batch_size, collate_fn=collate_fn(model.text_encoder, model.image_encoder))
+        loader = DataLoader(
+            records(items), batch_size=batch_size, collate_fn=collate_fn(model.text_encoder, model.image_encoder)
+        )
 
         def run():
             for batch in loader:
@@ -60,22 +64,6 @@ def predict_items(
         modality_weights=np.concatenate(weights) if weights else None,
         has_image=np.concatenate(has_image),
     )
-
-
-def predict_product(
-    model_dir: str | Path, title: str = "", description: str = "", image: str | None = None, top_k: int = 3
-) -> dict[str, Any]:
-    """One product -> per attribute the top values with scores and whether each clears its threshold."""
-    model = load_model(model_dir)
-    return describe(model, load_thresholds(model_dir), predict_items(model, _one(title, description, image)), top_k)[0]
-
-
-def _one(title: str, description: str, image: str | None) -> pd.DataFrame:
-    if image is not None and not Path(image).is_file():
-        raise FileNotFoundError(f"image {image} does not exist")
-    if not (title or description or image):
-        raise ValueError("a product needs a title, a description or an image")
-    return pd.DataFrame([{"title": title, "description": description, "image_path": image}])
 
 
 def describe(model: AttributeModel, thresholds: dict, pred: Predictions, top_k: int = 3) -> list[dict[str, Any]]:
@@ -109,4 +97,3 @@ def describe(model: AttributeModel, thresholds: dict, pred: Predictions, top_k: 
                 attrs[spec.name]["modality_weights"] = {"text": round(float(w[0]), 4), "image": round(float(w[1]), 4)}
         results.append({"has_image": bool(pred.has_image[row]), "attributes": attrs})
     return results
-

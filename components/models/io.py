@@ -1,0 +1,84 @@
+"""Model folders on disk: safetensors + JSON (no pickle), for an `AttributeModel` or an ensemble.
+
+    save_model(model, out_dir, thresholds)     # model.safetensors, config.json, vocab.json, thresholds.json
+    load_model(out_dir)                         # AttributeModel, or EnsembleModel for an ensemble folder
+
+An ensemble folder (written by components.evaluation.ensemble_selection.combine_models) holds
+its members as ordinary model folders under `members/<name>/` and their weights in config.json.
+This module sits above both `model.py` and `ensemble.py`, so neither imports the other's loader.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import torch
+from safetensors.torch import load_file, save_file
+
+from components.models.ensemble import EnsembleModel
+from components.models.model import AttributeModel, ModelConfig, Vocab
+
+WEIGHTS, CONFIG, VOCAB, THRESHOLDS = "model.safetensors", "config.json", "vocab.json", "thresholds.json"
+MEMBERS = "members"  # an ensemble folder's member folders
+
+
+def save_model(
+    model: AttributeModel,
+    out_dir: Path,
+    thresholds: dict[str, list[float | None]] | None = None,
+    include_encoders: bool = True,
+    extra: dict | None = None,
+) -> Path:
+    """Write weights + config + vocab (+ thresholds). Frozen pretrained encoders need not be
+    stored again (`include_encoders=False`): they are rebuilt from their config on load."""
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    state = model.state_dict()
+    if not include_encoders:
+        state = {k: v for k, v in state.items() if not k.startswith(("text_encoder.", "image_encoder."))}
+    save_file({k: v.detach().contiguous().cpu() for k, v in state.items()}, str(out_dir / WEIGHTS))
+    meta = {"model": model.config.model_dump(mode="json"), "includes_encoders": include_encoders, **(extra or {})}
+    (out_dir / CONFIG).write_text(json.dumps(meta, indent=1))
+    (out_dir / VOCAB).write_text(json.dumps({k: v.model_dump() for k, v in model.vocab.items()}, indent=1))
+    if thresholds is not None:
+        (out_dir / THRESHOLDS).write_text(json.dumps(thresholds, indent=1))
+    return out_dir
+
+
+def load_model(model_dir: str | Path, device: str | torch.device = "cpu") -> AttributeModel:
+    """A saved model folder -> its model in eval mode (an `EnsembleModel` for an ensemble folder,
+    which predicts like an `AttributeModel`)."""
+    model_dir = Path(model_dir)
+    if not (model_dir / CONFIG).is_file():
+        raise FileNotFoundError(f"{model_dir} is not a saved attrflow model (no {CONFIG})")
+    meta = json.loads((model_dir / CONFIG).read_text())
+    if "ensemble" in meta:
+        return load_ensemble(model_dir, meta, device)  # type: ignore[return-value]
+    vocab = {k: Vocab.model_validate(v) for k, v in json.loads((model_dir / VOCAB).read_text()).items()}
+    model = AttributeModel(ModelConfig.model_validate(meta["model"]), vocab)
+    state = load_file(str(model_dir / WEIGHTS))
+    missing, unexpected = model.load_state_dict(state, strict=False)
+    if not meta["includes_encoders"]:
+        missing = [k for k in missing if not k.startswith(("text_encoder.", "image_encoder."))]
+    if missing or unexpected:
+        raise ValueError(
+            f"{model_dir}: weights do not match the config (missing {missing[:5]}, unexpected {unexpected[:5]})"
+        )
+    return model.to(device).eval()
+
+
+def load_ensemble(model_dir: Path, meta: dict, device: str | torch.device = "cpu") -> EnsembleModel:
+    spec = meta["ensemble"]
+    members = {n: load_model(model_dir / MEMBERS / n, device) for n in spec["members"]}
+    model = EnsembleModel(members, spec["weights"], shared_encoders=not meta["includes_encoders"])
+    return model.to(device).eval()
+
+
+def load_thresholds(model_dir: str | Path) -> dict[str, list[float | None]]:
+    path = Path(model_dir) / THRESHOLDS
+    return json.loads(path.read_text()) if path.is_file() else {}
+
+
+def load_meta(model_dir: str | Path) -> dict:
+    return json.loads((Path(model_dir) / CONFIG).read_text())

@@ -1,0 +1,81 @@
+"""The endpoint's settings, read from `ATTRFLOW_*` environment variables (pydantic-settings).
+
+    ATTRFLOW_MODEL_NAME=demo bentoml serve serving.service:AttributeService
+
+Which model: the registry's production version of ATTRFLOW_MODEL_NAME (followed as it changes),
+or a fixed model folder, ATTRFLOW_MODEL_DIR, or a model in BentoML's store, ATTRFLOW_BENTO_MODEL
+(what a Bento built by the `package` flow serves). Where data lives (the registry, the prediction log)
+comes from `components.settings` (ATTRFLOW_HOME, ATTRFLOW_DB_URL).
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+from pydantic import Field, SecretStr
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+
+def available_cores() -> int:
+    """The CPU cores this process may use (its affinity mask, which containers narrow)."""
+    try:
+        return max(1, len(os.sched_getaffinity(0)))
+    except AttributeError:  # not Linux
+        return max(1, os.cpu_count() or 1)
+
+
+class ServingSettings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="ATTRFLOW_", extra="ignore", protected_namespaces=())
+
+    # --- which model -------------------------------------------------------------------------
+    model_name: str = "demo"  # ATTRFLOW_MODEL_NAME: the registry name (and the prediction log's folder)
+    model_dir: Path | None = None  # ATTRFLOW_MODEL_DIR: serve this folder instead of the registry
+    # ATTRFLOW_BENTO_MODEL: serve this BentoML model (a registered version stored by the `package`
+    # flow, `attrflow-<name>:v<version>`, packed into the Bento) instead of the registry
+    bento_model: str | None = None
+    poll_seconds: float = Field(30.0, ge=0)  # how often the registry is checked; 0: only on POST /reload
+
+    # --- requests ----------------------------------------------------------------------------
+    max_batch: int = Field(256, ge=1)  # products in one /predict_batch request
+    top_k: int = Field(3, ge=1, le=100)  # values returned per attribute
+    max_request_bytes: int = Field(64 * 1024 * 1024, ge=1024)  # a larger request body gets 413
+    # InputLimits (components.inference.predictor), checked before anything is decoded or scored
+    max_title_chars: int = Field(1_000, gt=0)
+    max_description_chars: int = Field(20_000, gt=0)
+    max_image_bytes: int = Field(10 * 1024 * 1024, gt=0)
+    max_image_pixels: int = Field(25_000_000, gt=0)
+    api_key: SecretStr | None = None  # ATTRFLOW_API_KEY: when set, `Authorization: Bearer <key>` is required
+
+    # --- adaptive batching (the scorer's batchable API) --------------------------------------
+    batch_max_size: int = Field(64, ge=2)  # products the model scores at once
+    # The longest a request may wait in the batching queue; BentoML sheds (503) a request whose
+    # estimated latency goes past it, so it is a bound for overload, not a target.
+    batch_max_latency_ms: int = Field(10_000, ge=10)
+
+    # --- processes and threads ---------------------------------------------------------------
+    workers: int = Field(1, ge=1)  # scorer processes, each with its own copy of the model
+    api_workers: int = Field(1, ge=1)  # front processes (validation, image decoding, the prediction log)
+    torch_threads: int | None = Field(None, ge=1)  # per scorer worker; default: cores // workers
+    timeout_seconds: float = Field(60.0, gt=0)  # per request
+
+    # --- prediction log ----------------------------------------------------------------------
+    log_predictions: bool = True  # append every served prediction to ATTRFLOW_HOME/predictions/<model>/
+    log_embeddings: bool = True  # ... with the pooled text and image embeddings
+    log_flush_seconds: float = Field(5.0, gt=0)  # the longest a row waits in memory before it is written
+    log_queue_rows: int = Field(100_000, ge=1)  # rows waiting to be written; beyond that rows are dropped (counted)
+
+    @property
+    def threads_per_worker(self) -> int:
+        """Torch intra-op threads per scorer worker, so that workers x threads <= cores."""
+        return self.torch_threads or max(1, available_cores() // self.workers)
+
+    def limits(self):  # -> components.inference.predictor.InputLimits (imported late: it pulls in torch)
+        from components.inference.predictor import InputLimits
+
+        return InputLimits(
+            max_title_chars=self.max_title_chars,
+            max_description_chars=self.max_description_chars,
+            max_image_bytes=self.max_image_bytes,
+            max_image_pixels=self.max_image_pixels,
+        )
