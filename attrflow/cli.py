@@ -156,7 +156,8 @@ def predict_cmd(
     as_json: Annotated[bool, typer.Option("--json", help="Print the prediction as JSON.")] = False,
 ) -> None:
     """Predict one product's attributes; `published` marks values above their saved threshold."""
-    from components.inference.predictor import Predictor, Product, decode_image
+    from components.inference.inputs import Product, decode_image
+    from components.inference.predictor import Predictor
 
     try:
         product = Product(title=title, description=description)

@@ -207,7 +207,7 @@ class ModelHolder:
     def score(self, items: list[ScoreItem]) -> list[ScoreResult]:
         """Scores for a batch, all from one model. A product that fails its checks gets an
         `error` instead of failing the others."""
-        from components.inference.predictor import InvalidProduct, Product
+        from components.inference.inputs import InvalidProduct, Product
 
         model = self.current  # read once: a swap during this batch does not affect it
         if model is None:

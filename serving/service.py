@@ -69,6 +69,7 @@ from fastapi import FastAPI
 from PIL import Image
 from starlette.responses import JSONResponse
 
+from components.inference.inputs import InvalidProduct, Product, decode_image
 from components.inference.prediction_log import PredictionLogWriter, input_summary, log_row
 from components.settings import get_settings
 from serving.auth import BearerAuth
@@ -213,9 +214,6 @@ class AttributeService:
     scorer = bentoml.depends(Scorer)
 
     def __init__(self) -> None:
-        from components.inference import predictor
-
-        self._predictor = predictor  # decode_image, Product, InvalidProduct
         self.limits = SETTINGS.limits()
         self.metrics = service_metrics()
         self._image_size: tuple[int, int] | None = None  # (width, height) of the model served
@@ -340,15 +338,14 @@ class AttributeService:
     def _prepare(self, products: list[ProductInput], size: tuple[int, int], single: bool) -> list[_Prepared]:
         """Decode and check every product (all problems reported, by index), summarise it for
         the log, resize its image to the model's input size. In a worker thread."""
-        p = self._predictor
         prepared, problems = [], []
         for i, given in enumerate(products):
             where = "product" if single else f"products[{i}]"
             try:
-                image = None if given.image is None else p.decode_image(given.image, self.limits, f"{where}.image")
-                product = p.Product(title=given.title, description=given.description, image=image, id=given.id)
+                image = None if given.image is None else decode_image(given.image, self.limits, f"{where}.image")
+                product = Product(title=given.title, description=given.description, image=image, id=given.id)
                 product.check(self.limits, where)
-            except p.InvalidProduct as e:
+            except InvalidProduct as e:
                 problems.append(str(e))
                 continue
             except Exception as e:  # an image decoder failing in a way decode_image does not expect

@@ -70,8 +70,8 @@ class ServingSettings(BaseSettings):
         """Torch intra-op threads per scorer worker, so that workers x threads <= cores."""
         return self.torch_threads or max(1, available_cores() // self.workers)
 
-    def limits(self):  # -> components.inference.predictor.InputLimits (imported late: it pulls in torch)
-        from components.inference.predictor import InputLimits
+    def limits(self):  # -> components.inference.inputs.InputLimits
+        from components.inference.inputs import InputLimits
 
         return InputLimits(
             max_title_chars=self.max_title_chars,

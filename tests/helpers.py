@@ -72,7 +72,8 @@ def spec_for(source: Path, **overrides) -> CatalogSpec:
 def predict_one(model_dir, title: str = "", description: str = "", image: str | None = None) -> dict:
     """One product through the Predictor, the image read from a path as datasets hold it."""
     from components.features.preprocess import load_image
-    from components.inference.predictor import Predictor, Product
+    from components.inference.inputs import Product
+    from components.inference.predictor import Predictor
 
     product = Product(title=title, description=description, image=load_image(image))
     return Predictor(model_dir).predict([product]).results[0]

@@ -10,8 +10,9 @@ from PIL import Image
 
 from components.catalog import ingest, load_dataset, load_spec
 from components.catalog.demo import write_demo_catalog
+from components.inference.inputs import InputLimits, InvalidProduct, Product, decode_image
 from components.inference.predict import predict_items
-from components.inference.predictor import InputLimits, InvalidProduct, Predictor, Product, decode_image
+from components.inference.predictor import Predictor
 from components.training.trainer import TrainConfig, train
 
 TINY = {"text": {"name": "tiny-random", "max_length": 24}, "image": {"name": "tiny-random", "image_size": [32, 32]}}

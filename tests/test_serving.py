@@ -33,6 +33,7 @@ from PIL import Image
 
 from components.catalog import ingest, load_dataset, load_spec
 from components.catalog.demo import write_demo_catalog
+from components.inference.inputs import Product, decode_image
 from components.inference.prediction_log import (
     PredictionLogWriter,
     attribute_columns,
@@ -40,7 +41,7 @@ from components.inference.prediction_log import (
     log_row,
     read_prediction_log,
 )
-from components.inference.predictor import Predictor, Product, decode_image
+from components.inference.predictor import Predictor
 from components.registry import Registry
 from components.training.trainer import TrainConfig, train
 

@@ -14,6 +14,7 @@ import pandas as pd
 import torch
 from PIL import Image
 
+from components.features.images import load_image, to_rgb
 from components.features.lexical import LexicalBatch, hashed_ngrams, product_texts
 
 
@@ -53,22 +54,6 @@ def image_pixels(
             arr = np.asarray(to_rgb(im).resize((w, h), Image.BILINEAR), dtype=np.float32) / 255.0
             pixels[i] = (torch.from_numpy(arr).permute(2, 0, 1) - mean) / std
     return pixels, has_image
-
-
-def to_rgb(im: Image.Image) -> Image.Image:
-    # Transparent product shots are meant to sit on white; a plain convert would expose whatever RGB hides under alpha.
-    if im.mode in ("RGBA", "LA") or (im.mode == "P" and "transparency" in im.info):
-        rgba = im.convert("RGBA")
-        background = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
-        return Image.alpha_composite(background, rgba).convert("RGB")
-    return im.convert("RGB")
-
-
-def load_image(path: str | None) -> Image.Image | None:
-    if path is None:
-        return None
-    with Image.open(path) as im:
-        return to_rgb(im)
 
 
 def collate_fn(

@@ -47,7 +47,7 @@ from PIL import Image
 from components.settings import get_settings
 
 if TYPE_CHECKING:
-    from components.inference.predictor import Product
+    from components.inference.inputs import Product
 
 log = logging.getLogger(__name__)
 
