@@ -20,7 +20,7 @@ MODEL         ?= demo
 export PREFECT_HOME ?= $(abspath $(ATTRFLOW_HOME))/prefect
 export PREFECT_SERVER_ANALYTICS_ENABLED := false
 
-.PHONY: setup demo test lint format serve ui clean bench bench-quality bench-finetune bench-seeds bench-tune
+.PHONY: setup demo test lint format serve ui clean bench bench-quality bench-finetune bench-seeds bench-tune bench-serving
 
 setup: $(STAMP)
 
@@ -84,3 +84,8 @@ bench-seeds: setup  ## text, concat, modality_attention_l0.1 with seeds 1, 2 (be
 bench-tune: setup  ## trials in 10 minutes of search, tuned vs hand-picked (bench/tune.py; after bench-quality)
 	mkdir -p $(PREFECT_HOME)
 	$(BIN)/python bench/tune.py
+
+# The endpoint against the same model in process: the quality run's exported best model if there
+# is one, else a frozen concat trained on a catalog sample (first run only); ~6 minutes on 2 cores.
+bench-serving: setup  ## BentoML endpoint vs in-process ceiling: throughput, latency, batches, RSS (bench/serving.py)
+	$(BIN)/python bench/serving.py

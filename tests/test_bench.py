@@ -181,3 +181,82 @@ def test_variant_overrides_are_validated_as_a_whole_config():
         variant.with_overrides(cfg, ["label_smoothing=0.1"])
     with pytest.raises(ValueError, match="label_smoothing"):
         variant.with_overrides(cfg, ["training.label_smoothing=2"])  # out of range: pydantic refuses it
+
+
+# --- the serving benchmark's pure helpers (bench/serving*.py) ---------------------------------------
+
+_METRICS = """# HELP bentoml_service_adaptive_batch_size Adaptive batch size
+# TYPE bentoml_service_adaptive_batch_size histogram
+bentoml_service_adaptive_batch_size_bucket{le="1.0",method_name="score",worker_index="1"} {a1}
+bentoml_service_adaptive_batch_size_bucket{le="2.0",method_name="score",worker_index="1"} {a2}
+bentoml_service_adaptive_batch_size_bucket{le="4.0",method_name="score",worker_index="1"} {a4}
+bentoml_service_adaptive_batch_size_bucket{le="+Inf",method_name="score",worker_index="1"} {a4}
+bentoml_service_adaptive_batch_size_count{method_name="score",worker_index="1"} {a4}
+bentoml_service_adaptive_batch_size_sum{method_name="score",worker_index="1"} {s}
+bentoml_service_adaptive_batch_size_bucket{le="1.0",method_name="info",worker_index="1"} 50.0
+bentoml_service_adaptive_batch_size_bucket{le="2.0",method_name="info",worker_index="1"} 50.0
+bentoml_service_adaptive_batch_size_bucket{le="4.0",method_name="info",worker_index="1"} 50.0
+bentoml_service_adaptive_batch_size_bucket{le="+Inf",method_name="info",worker_index="1"} 50.0
+bentoml_service_adaptive_batch_size_count{method_name="info",worker_index="1"} 50.0
+bentoml_service_adaptive_batch_size_sum{method_name="info",worker_index="1"} 50.0
+# HELP attrflow_prediction_log_rows_total Prediction log rows written to Parquet
+# TYPE attrflow_prediction_log_rows_total counter
+attrflow_prediction_log_rows_total {rows}
+"""
+
+
+def _scrape(a1: int, a2: int, a4: int, s: float, rows: int) -> str:
+    return (
+        _METRICS.replace("{a1}", str(a1))
+        .replace("{a2}", str(a2))
+        .replace("{a4}", str(a4))
+        .replace("{s}", str(s))
+        .replace("{rows}", str(rows))
+    )
+
+
+def test_serving_bench_reads_the_batches_formed_off_metrics():
+    from bench.serving_load import histogram, histogram_delta, total
+
+    name, labels = "bentoml_service_adaptive_batch_size", {"method_name": "score"}
+    before = histogram(_scrape(2, 2, 3, 6.0, 10), name, **labels)  # 2 calls of 1, 1 call of 4
+    assert before["count"] == 3 and before["sum"] == 6 and before["buckets"][1.0] == 2
+    after = histogram(_scrape(3, 8, 9, 17.0, 40), name, **labels)  # + 1 call of 1, 5 calls of 2: 11 items
+    delta = histogram_delta(before, after)
+    assert delta["count"] == 6 and delta["sum"] == 11 and delta["mean"] == pytest.approx(11 / 6)
+    assert delta["buckets"] == {"<=1": 1, "<=2": 5}  # the bucket that gained nothing is left out
+    assert total(_scrape(0, 0, 0, 0, 40), "attrflow_prediction_log_rows_total") == 40
+    assert histogram("", name)["count"] == 0  # a metric not there yet
+
+
+def test_serving_bench_latency_summary_and_targets():
+    from bench.serving_load import latency_summary, targets
+
+    level = latency_summary([0.010] * 98 + [0.100, 0.200], seconds=2.0)
+    assert level["requests"] == 100 and level["products_per_s"] == 50
+    assert level["p50_ms"] == pytest.approx(10) and level["p99_ms"] > 99
+    batch = latency_summary([0.5, 0.5], seconds=1.0, products_per_request=64)
+    assert batch["products_per_s"] == 128  # products, not requests
+    assert latency_summary([], seconds=1.0)["requests"] == 0
+
+    levels = {1: {"products_per_s": 20.0, "p50_ms": 45.0}, 64: {"products_per_s": 80.0, "p50_ms": 700.0}}
+    throughput, latency = targets(ceiling_per_s=100.0, single_p50_ms=20.0, levels=levels)
+    assert throughput["met"] and "0.80x" in throughput["figures"]  # 80 of 100: exactly the bar
+    assert not latency["met"] and latency["figures"] == "45.0 ms vs 20.0 + 20 = 40.0 ms"
+    assert targets(100.0, 25.0, levels)[1]["met"]  # 45 <= 25 + 20
+    assert not targets(101.0, 25.0, levels)[0]["met"]
+
+
+def test_serving_bench_serialises_request_bodies_once():
+    import base64
+    import json
+
+    from bench.serving import json_bodies
+    from bench.serving_model import BenchProduct
+
+    products = [BenchProduct(id=str(i), title=f"shirt {i}", image=bytes([i, 255, 0])) for i in range(5)]
+    singles = [json.loads(b) for b in json_bodies(products, None)]
+    assert [s["id"] for s in singles] == ["0", "1", "2", "3", "4"]
+    assert base64.b64decode(singles[3]["image"]) == bytes([3, 255, 0]) and singles[3]["title"] == "shirt 3"
+    batches = [json.loads(b)["products"] for b in json_bodies(products, 4)]
+    assert [[p["id"] for p in b] for b in batches] == [["0", "1", "2", "3"], ["4", "0", "1", "2"]]  # wraps round

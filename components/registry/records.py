@@ -60,3 +60,19 @@ class PromotionDecision(_Record):
     reason: str
     candidate_score: float | None
     production_score: float | None  # None when there was no production version
+
+
+class DriftReportRecord(_Record):
+    id: int
+    model_name: str
+    model_version: int
+    window_start: datetime | None
+    window_end: datetime | None
+    reference_rows: int
+    current_rows: int
+    drifted: bool
+    reason: str | None
+    checks: list[dict[str, Any]]  # per check: name, kind, method, threshold, score, drifted, ...
+    snapshot_path: Path
+    retrain_run_id: int | None
+    created_at: datetime

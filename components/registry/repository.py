@@ -1,4 +1,4 @@
-"""The registry's API: datasets, runs, model versions, promotion and rollback.
+"""The registry's API: datasets, runs, model versions, promotion and rollback, drift reports.
 
 A model version is a copy of a trained model folder under
 `ATTRFLOW_HOME/registry/models/<name>/<version>/` plus a `model_versions` row. The copy is
@@ -14,8 +14,9 @@ from __future__ import annotations
 import re
 import shutil
 import tempfile
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 
@@ -24,8 +25,14 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session, sessionmaker
 
 from components.registry.database import make_engine, upgrade_to_head
-from components.registry.records import DatasetRecord, ModelVersionRecord, PromotionDecision, RunRecord
-from components.registry.schema import Dataset, ModelVersion, Run, utcnow
+from components.registry.records import (
+    DatasetRecord,
+    DriftReportRecord,
+    ModelVersionRecord,
+    PromotionDecision,
+    RunRecord,
+)
+from components.registry.schema import Dataset, DriftReport, ModelVersion, Run, utcnow
 from components.settings import get_settings
 
 PRIMARY_METRIC = "r_at_p95_mean"  # the score promotions compare, unless told otherwise
@@ -359,6 +366,72 @@ class Registry:
             previous.stage = "production"
             previous.decision = f"restored by rollback of v{current.version}"
             return ModelVersionRecord.model_validate(previous)
+
+    # --- drift reports -------------------------------------------------------------------------
+
+    def record_drift_report(
+        self,
+        model_name: str,
+        model_version: int,
+        *,
+        drifted: bool,
+        checks: Sequence[Mapping[str, Any]],
+        snapshot_path: Path | str,
+        reference_rows: int,
+        current_rows: int,
+        window_start: datetime | None = None,
+        window_end: datetime | None = None,
+        reason: str | None = None,
+        retrain_run_id: int | None = None,
+    ) -> DriftReportRecord:
+        """Record a drift report (`components.monitoring.DriftReport`: `checks_json()`, `snapshot_path`, ...)
+        of a registered model version; `retrain_run_id` can also be set later (`link_drift_retrain`)."""
+        with self._session.begin() as s:
+            if s.scalar(select(ModelVersion.id).filter_by(name=model_name, version=model_version)) is None:
+                raise RegistryError(f"{model_name} has no version {model_version}")
+            if retrain_run_id is not None and s.get(Run, retrain_run_id) is None:
+                raise RegistryError(f"no run with id {retrain_run_id}")
+            row = DriftReport(
+                model_name=model_name,
+                model_version=model_version,
+                window_start=window_start,
+                window_end=window_end,
+                reference_rows=reference_rows,
+                current_rows=current_rows,
+                drifted=drifted,
+                reason=reason,
+                checks=[dict(c) for c in checks],
+                snapshot_path=str(snapshot_path),
+                retrain_run_id=retrain_run_id,
+            )
+            s.add(row)
+            s.flush()
+            return DriftReportRecord.model_validate(row)
+
+    def get_drift_report(self, report_id: int) -> DriftReportRecord | None:
+        with self._session() as s:
+            row = s.get(DriftReport, report_id)
+            return DriftReportRecord.model_validate(row) if row else None
+
+    def list_drift_reports(self, model_name: str, limit: int = 50) -> list[DriftReportRecord]:
+        """The model's drift reports (all its versions), the most recent first."""
+        query = select(DriftReport).filter_by(model_name=model_name).order_by(DriftReport.id.desc()).limit(limit)
+        with self._session() as s:
+            return [DriftReportRecord.model_validate(r) for r in s.scalars(query)]
+
+    def link_drift_retrain(self, report_id: int, run_id: int) -> DriftReportRecord:
+        """Record the retraining run a drift report triggered. Linking the same run again is a no-op;
+        a report already linked to another run raises RegistryError."""
+        with self._session.begin() as s:
+            row = s.get(DriftReport, report_id, with_for_update=True)
+            if row is None:
+                raise RegistryError(f"no drift report with id {report_id}")
+            if s.get(Run, run_id) is None:
+                raise RegistryError(f"no run with id {run_id}")
+            if row.retrain_run_id is not None and row.retrain_run_id != run_id:
+                raise RegistryError(f"drift report {report_id} already triggered run {row.retrain_run_id}")
+            row.retrain_run_id = run_id
+            return DriftReportRecord.model_validate(row)
 
     @staticmethod
     def _locked_versions(s: Session, name: str) -> dict[int, ModelVersion]:

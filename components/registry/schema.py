@@ -100,3 +100,23 @@ class ModelVersion(Base):
     decision: Mapped[str | None] = mapped_column(Text)  # why it was promoted, or not
     created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
     promoted_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+
+
+class DriftReport(Base):
+    """One drift report (components.monitoring): a model version's reference against a current window."""
+
+    __tablename__ = "drift_reports"
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    model_name: Mapped[str] = mapped_column(String(200), index=True)
+    model_version: Mapped[int]
+    window_start: Mapped[datetime | None] = mapped_column(UTCDateTime)  # the current window (None: not a time window)
+    window_end: Mapped[datetime | None] = mapped_column(UTCDateTime)
+    reference_rows: Mapped[int]
+    current_rows: Mapped[int]
+    drifted: Mapped[bool]
+    reason: Mapped[str | None] = mapped_column(Text)  # the decision, in words
+    checks: Mapped[list[dict[str, Any]]] = mapped_column(JSON)  # per check: name, method, threshold, score, drifted
+    snapshot_path: Mapped[str] = mapped_column(Text)  # Evidently's snapshot (its HTML lies next to it)
+    retrain_run_id: Mapped[int | None] = mapped_column(ForeignKey("runs.id"))  # the retraining it triggered
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)

@@ -1,0 +1,259 @@
+"""Serving benchmark: the BentoML endpoint against the same model in process, on real fashion products.
+
+    make bench-serving
+    .venv/bin/python bench/serving.py --env ATTRFLOW_TORCH_THREADS=1 --tag threads1   # a settings variant
+
+The model is the quality benchmark's exported best model, else a frozen `concat` trained here
+(bench/serving_model.py); the products are real catalog products, title + JPEG bytes. In one run:
+
+1. The ceiling, in process: `Predictor` on raw bytes (`decode_image` + `predict`) with the torch
+   threads the server's scorer gets (ATTRFLOW_TORCH_THREADS, default cores // workers): products/s
+   at a few batch sizes (the best is the ceiling), and single-product latency (p50/p95/p99).
+2. The endpoint: `bentoml serve serving.service:AttributeService` as a subprocess (defaults, the
+   prediction log on; bench/serving_server.py), its cold start (process start -> /readyz 200), then
+   closed-loop aiohttp clients over loopback (bench/serving_load.py), after a warm-up: single
+   products to POST /predict (JSON, base64 image) at concurrency 1, 4, 16, 64, POST
+   /predict_batch with 64 products per request, and /predict at concurrency 1 once more (BentoML's
+   batcher learns how long to hold a request from the waits it has seen). Per level: products/s, p50/p95/p99 latency, the
+   batches the scorer formed (BentoML's `bentoml_service_adaptive_batch_size` and attrflow's
+   `attrflow_scorer_batch_products` histograms, differences of /metrics before and after), the
+   server's CPU (cores busy, summed over its process tree), the client's CPU, server RSS.
+3. The targets, MET / NOT MET: at concurrency 64 the endpoint reaches >= 0.8x the ceiling; at
+   concurrency 1 its p50 is within 20 ms of the in-process single-product p50.
+
+Writes bench/results/serving.json and serving.md (with --tag: bench/results/serving-variants/TAG.*).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import base64
+import json
+import os
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+os.environ.setdefault("BENTOML_DO_NOT_TRACK", "True")
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))  # the repository first: `bench` and `serving` are its packages
+
+from bench.common import RESULTS, log  # noqa: E402
+from bench.serving_load import closed_loop, histogram, histogram_delta, latency_summary, targets, total  # noqa: E402
+from bench.serving_model import BenchProduct, find_model, load_products  # noqa: E402
+from bench.serving_report import environment, write_report  # noqa: E402
+from bench.serving_server import Server, start_server  # noqa: E402
+
+BATCH_HIST = ("bentoml_service_adaptive_batch_size", {"method_name": "score"})  # calls of the batchable API
+PRODUCTS_HIST = ("attrflow_scorer_batch_products", {})  # products per forward pass of the model
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ints = lambda s: [int(x) for x in s.split(",") if x]  # noqa: E731
+    ap.add_argument("--model-dir", type=Path, help="serve this model folder instead of looking for one")
+    ap.add_argument("--retrain", action="store_true", help="train the fallback concat again")
+    ap.add_argument("--products", type=int, default=256, help="distinct catalog products sent (default 256)")
+    ap.add_argument("--levels", type=ints, default=[1, 4, 16, 64], help="/predict concurrencies")
+    ap.add_argument("--batch-levels", type=ints, default=[1, 2], help="/predict_batch concurrencies")
+    ap.add_argument("--batch-products", type=int, default=64, help="products per /predict_batch request")
+    ap.add_argument("--seconds", type=float, default=20.0, help="measured seconds per level")
+    ap.add_argument("--warmup", type=float, default=3.0, help="unmeasured seconds before each level")
+    ap.add_argument("--ceiling-batches", type=ints, default=[16, 32, 64, 128], help="in-process batch sizes")
+    ap.add_argument("--ceiling-seconds", type=float, default=6.0, help="seconds per in-process batch size")
+    ap.add_argument("--single", type=int, default=60, help="in-process single-product calls timed")
+    ap.add_argument(
+        "--no-after-load", dest="after_load", action="store_false", help="skip concurrency 1 again at the end"
+    )
+    ap.add_argument("--env", action="append", default=[], metavar="ATTRFLOW_X=V", help="a server setting (repeat)")
+    ap.add_argument("--tag", help="a variant's name: results go to bench/results/serving-variants/TAG.{json,md}")
+    return ap.parse_args(argv)
+
+
+def settings_env(pairs: list[str]) -> dict[str, str]:
+    """--env KEY=VALUE pairs as a dict (also set in this process, so the ceiling reads the same settings)."""
+    env = {}
+    for pair in pairs:
+        key, sep, value = pair.partition("=")
+        if not sep or not key.startswith(("ATTRFLOW_", "BENTOML_")):
+            raise SystemExit(f"--env {pair!r}: expected ATTRFLOW_NAME=VALUE")
+        env[key] = value
+    os.environ.update(env)
+    return env
+
+
+# --- the ceiling, in process ---------------------------------------------------------------------
+
+
+def in_process(model_dir: Path, products: list[BenchProduct], threads: int, args: argparse.Namespace) -> dict:
+    """Products/s of decode + predict at each batch size, and single-product latency."""
+    import torch
+
+    from components.inference.inputs import Product, decode_image
+    from components.inference.predictor import Predictor
+
+    torch.set_num_threads(threads)
+    predictor = Predictor(model_dir)
+    predictor.warmup()
+
+    def score(chunk: list[BenchProduct]) -> None:
+        batch = [Product(title=p.title, image=decode_image(p.image), id=p.id) for p in chunk]
+        predictor.predict(batch, batch_size=len(batch))
+
+    per_batch = {}
+    for size in args.ceiling_batches:
+        score(products[:size])  # this shape's first call
+        done, start, i = 0, time.perf_counter(), 0
+        while time.perf_counter() - start < args.ceiling_seconds:
+            score([products[(i + k) % len(products)] for k in range(size)])
+            done, i = done + size, i + size
+        per_batch[size] = done / (time.perf_counter() - start)
+        log(f"in process, batch {size}: {per_batch[size]:.1f} products/s")
+    latencies = []
+    for p in products[: args.single]:
+        start = time.perf_counter()
+        score([p])
+        latencies.append(time.perf_counter() - start)
+    single = latency_summary(latencies, sum(latencies))
+    best = max(per_batch, key=per_batch.get)
+    log(f"in process, single product: p50 {single['p50_ms']:.1f} ms, p99 {single['p99_ms']:.1f} ms")
+    return {
+        "torch_threads": threads,
+        "products_per_s_by_batch": per_batch,
+        "best_batch": best,
+        "ceiling_products_per_s": per_batch[best],
+        "single": single,
+    }
+
+
+# --- the endpoint --------------------------------------------------------------------------------
+
+
+def json_bodies(products: list[BenchProduct], per_request: int | None) -> list[bytes]:
+    """Request bodies, serialised once: one product each (/predict), or `per_request` products
+    each (/predict_batch), rotating through the products."""
+
+    def item(p: BenchProduct) -> dict[str, Any]:
+        return {"id": p.id, "title": p.title, "image": base64.b64encode(p.image).decode()}
+
+    if per_request is None:
+        return [json.dumps(item(p)).encode() for p in products]
+    n = len(products)
+    return [
+        json.dumps({"products": [item(products[(s + k) % n]) for k in range(per_request)]}).encode()
+        for s in range(0, n, per_request)
+    ]
+
+
+def measure_level(
+    server: Server, path: str, bodies: list[bytes], concurrency: int, per_request: int, args: argparse.Namespace
+) -> dict[str, Any]:
+    """One closed-loop level: latency summary, batches formed, CPU of server and client, RSS."""
+    before, server_cpu, client_cpu = server.metrics(), server.cpu_seconds(), time.process_time()
+    wall = time.perf_counter()
+    run = asyncio.run(closed_loop(server.url + path, bodies, concurrency, args.seconds, args.warmup))
+    wall = time.perf_counter() - wall
+    after = server.metrics()
+    result = {
+        "endpoint": path,
+        "concurrency": concurrency,
+        "products_per_request": per_request,
+        **latency_summary(run.latencies, run.seconds, per_request),
+        "errors": run.errors,
+        "batches": {
+            name: histogram_delta(histogram(before, name, **labels), histogram(after, name, **labels))
+            for name, labels in (BATCH_HIST, PRODUCTS_HIST)
+        },
+        "server_cpu_cores": (server.cpu_seconds() - server_cpu) / wall,
+        "client_cpu_cores": (time.process_time() - client_cpu) / wall,
+        "server_rss_mb": server.rss_mb(),
+    }
+    log(
+        f"{path} c={concurrency}: {result['products_per_s']:.1f} products/s, p50 {result['p50_ms']:.0f} / "
+        f"p95 {result['p95_ms']:.0f} / p99 {result['p99_ms']:.0f} ms, mean batch "
+        f"{result['batches'][PRODUCTS_HIST[0]]['mean']:.1f} products, server {result['server_cpu_cores']:.2f} "
+        f"cores, client {result['client_cpu_cores']:.2f}, errors {run.errors or 0}"
+    )
+    return result
+
+
+def endpoint(model_dir: Path, products: list[BenchProduct], env: dict[str, str], args: argparse.Namespace) -> dict:
+    """Start the server, warm it up, run every level, stop it."""
+    singles = json_bodies(products, None)
+    batches = json_bodies(products, args.batch_products)
+    with tempfile.TemporaryDirectory(prefix="attrflow-bench-serving-") as scratch:
+        server = start_server(model_dir, Path(scratch), env)
+        try:
+            log(f"server ready in {server.cold_start_s:.1f} s ({server.url}), RSS {server.rss_mb():.0f} MB")
+            idle_rss = server.rss_mb()
+            # BentoML's batcher calibrates on its first calls: one client first, then a crowd.
+            asyncio.run(closed_loop(server.url + "/predict", singles, 1, 0.0, 2 * args.warmup))
+            asyncio.run(closed_loop(server.url + "/predict", singles, 16, 0.0, 2 * args.warmup))
+            levels = [measure_level(server, "/predict", singles, c, 1, args) for c in args.levels]
+            levels += [
+                measure_level(server, "/predict_batch", batches, c, args.batch_products, args)
+                for c in args.batch_levels
+            ]
+            if args.after_load:  # one client again: does the batcher still wait as it learnt to under load?
+                levels.append({**measure_level(server, "/predict", singles, 1, 1, args), "after_load": True})
+            metrics = server.metrics()
+        finally:
+            server.stop()
+        server_log = server.log_path.read_text(errors="replace")
+    return {
+        "cold_start_s": server.cold_start_s,
+        "idle_rss_mb": idle_rss,
+        "peak_rss_mb": max(level["server_rss_mb"] for level in levels),
+        "levels": levels,
+        "log_rows_written": total(metrics, "attrflow_prediction_log_rows_total"),
+        "server_log_errors": [line for line in server_log.splitlines() if " ERROR " in line][-10:],
+    }
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    env = settings_env(args.env)
+    from components.settings import get_settings
+    from serving.settings import ServingSettings
+
+    started = time.perf_counter()
+    settings = ServingSettings()
+    model_dir, model_source = find_model(get_settings().home.resolve(), args.model_dir, args.retrain)
+    log(f"model: {model_dir} ({model_source})")
+    products = load_products(args.products)
+    log(
+        f"{len(products)} catalog products, JPEG {sum(len(p.image) for p in products) / len(products) / 1024:.1f} KB mean"
+    )
+    ceiling = in_process(model_dir, products, settings.threads_per_worker, args)
+    served = endpoint(model_dir, products, env, args)
+    single_levels = {
+        lv["concurrency"]: lv for lv in served["levels"] if lv["endpoint"] == "/predict" and not lv.get("after_load")
+    }
+    checks = targets(ceiling["ceiling_products_per_s"], ceiling["single"]["p50_ms"], single_levels)
+    results = {
+        "environment": environment(),
+        "model": {"dir": str(model_dir), "source": model_source},
+        "settings": {**env, "threads_per_worker": settings.threads_per_worker, "workers": settings.workers},
+        "args": {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()},
+        "products": {"n": len(products), "mean_jpeg_bytes": sum(len(p.image) for p in products) / len(products)},
+        "in_process": ceiling,
+        "endpoint": served,
+        "targets": checks,
+        "seconds": time.perf_counter() - started,
+    }
+    out = RESULTS / "serving-variants" / args.tag if args.tag else RESULTS / "serving"
+    out.parent.mkdir(parents=True, exist_ok=True)
+    print(write_report(out, results))
+    for check in checks:
+        print(f"{'MET' if check['met'] else 'NOT MET'}: {check['target']}: {check['figures']}")
+    log(f"done in {results['seconds']:.0f} s -> {out}.json, {out}.md")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

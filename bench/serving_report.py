@@ -1,0 +1,92 @@
+"""The serving report: the run's environment, and bench/results/serving.json + serving.md."""
+
+from __future__ import annotations
+
+import json
+import os
+import platform
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+
+def environment() -> dict[str, Any]:
+    import bentoml
+    import psutil
+    import torch
+
+    cpu = platform.processor()
+    for line in Path("/proc/cpuinfo").read_text().splitlines() if Path("/proc/cpuinfo").is_file() else []:
+        if line.startswith("model name"):
+            cpu = line.split(":", 1)[1].strip()
+            break
+    return {
+        "date": datetime.now(UTC).isoformat(timespec="seconds"),
+        "cpu": cpu,
+        "cores": len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count(),
+        "memory_gb": round(psutil.virtual_memory().total / 2**30, 1),
+        "load_average_at_start": [round(x, 2) for x in os.getloadavg()],
+        "python": platform.python_version(),
+        "torch": torch.__version__,
+        "bentoml": bentoml.__version__,
+    }
+
+
+def write_report(out: Path, results: dict[str, Any]) -> str:
+    """Write OUT.json and OUT.md; return the markdown."""
+    out.with_suffix(".json").write_text(json.dumps(results, indent=1, default=float))
+    text = markdown(results)
+    out.with_suffix(".md").write_text(text)
+    return text
+
+
+def _batches(level: dict[str, Any]) -> str:
+    """The forward passes' sizes: mean, and the histogram of products per pass."""
+    h = level["batches"]["attrflow_scorer_batch_products"]
+    spread = ", ".join(f"{k}: {v}" for k, v in h["buckets"].items())
+    return f"{h['mean']:.1f} ({spread})" if h["count"] else "-"
+
+
+def markdown(r: dict[str, Any]) -> str:
+    env, ip, ep = r["environment"], r["in_process"], r["endpoint"]
+    lines = [
+        "# Serving benchmark (bench/serving.py)",
+        "",
+        f"{env['date']} · {env['cpu']} ({env['cores']} cores) · torch {env['torch']} · bentoml {env['bentoml']} · "
+        f"load average at start {env['load_average_at_start']}",
+        "",
+        f"Model: `{r['model']['dir']}` ({r['model']['source']}). {r['products']['n']} catalog products, "
+        f"JPEG {r['products']['mean_jpeg_bytes'] / 1024:.1f} KB mean. Server settings: "
+        f"`{json.dumps(r['settings'])}`.",
+        "",
+        "## In process (the ceiling)",
+        "",
+        "| batch size | products/s |",
+        "|---|---|",
+        *(f"| {b} | {v:.1f} |" for b, v in ip["products_per_s_by_batch"].items()),
+        "",
+        f"Ceiling: **{ip['ceiling_products_per_s']:.1f} products/s** (batch {ip['best_batch']}, "
+        f"{ip['torch_threads']} torch threads). Single product: p50 **{ip['single']['p50_ms']:.1f} ms**, "
+        f"p95 {ip['single']['p95_ms']:.1f}, p99 {ip['single']['p99_ms']:.1f}.",
+        "",
+        "## Endpoint",
+        "",
+        f"Cold start (process start -> /readyz 200): **{ep['cold_start_s']:.1f} s**. Server RSS (process "
+        f"tree): {ep['idle_rss_mb']:.0f} MB idle, {ep['peak_rss_mb']:.0f} MB at most after a level.",
+        "",
+        "| endpoint | concurrency | products/s | x ceiling | p50 ms | p95 ms | p99 ms | requests | errors "
+        "| products per forward pass: mean (histogram) | server cores | client cores |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|",
+    ]
+    for lv in ep["levels"]:
+        share = lv["products_per_s"] / ip["ceiling_products_per_s"]
+        lines.append(
+            f"| {lv['endpoint']}{' x' + str(lv['products_per_request']) if lv['products_per_request'] > 1 else ''} "
+            f"| {lv['concurrency']}{' (after the others)' if lv.get('after_load') else ''} | {lv['products_per_s']:.1f} | {share:.2f} | {lv['p50_ms']:.0f} | "
+            f"{lv['p95_ms']:.0f} | {lv['p99_ms']:.0f} | {lv['requests']} | {sum(lv['errors'].values())} | "
+            f"{_batches(lv)} | {lv['server_cpu_cores']:.2f} | {lv['client_cpu_cores']:.2f} |"
+        )
+    lines += ["", "## Targets", ""]
+    lines += [f"- **{'MET' if t['met'] else 'NOT MET'}**: {t['target']}: {t['figures']}" for t in r["targets"]]
+    lines += ["", f"Run time: {r['seconds']:.0f} s.", ""]
+    return "\n".join(lines)
