@@ -509,6 +509,17 @@ def test_model_info(client):
     assert info["promoted_at"] and info["image_size"] == [32, 32]
 
 
+def test_the_readmes_python_client_works(server):
+    """The README's snippet: BentoML's own client, a raw request to /predict."""
+    import bentoml
+
+    with bentoml.SyncHTTPClient(server["url"], token=KEY) as client:
+        response = client.request("POST", "/predict", json={"title": "red cotton t-shirt"})
+    assert response.status_code == 200
+    body = response.json()
+    assert body["model"]["name"] == MODEL and set(body["attributes"]) == {"category", "colour", "material", "pattern"}
+
+
 @pytest.mark.slow
 def test_json_multipart_and_batch_match_the_predictor(server, client):
     products = _catalog_products(server["dataset"], 4) + [
