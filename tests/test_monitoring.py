@@ -274,14 +274,15 @@ def test_a_brightness_shift_is_drift(reference, out):
 
 
 def test_moved_embeddings_are_drift(reference, out):
-    current = window(300, seed=5, text_shift=0.5, image_embeddings=False)
+    without_images = window(150, seed=5, text_shift=0.5).drop(columns="image_embedding")
+    current = pd.concat([without_images, window(150, seed=12, text_shift=0.5)], ignore_index=True)
     report = run_drift_report(reference, current, out / "emb", MonitoringConfig())
     assert report.drift_detected
     text = report.check("text_embedding")
     assert text.drifted and text.score > 0.75, text
     assert [c.name for c in report.drifted_checks] == ["text_embedding"], report.reason
     (skipped,) = [s for s in report.skipped if s.name == "image_embedding"]
-    assert skipped.kind == "embedding" and "300 of 300 current rows have none" in skipped.reason
+    assert skipped.kind == "embedding" and "150 of 300 current rows have none" in skipped.reason
 
 
 def test_multilabel_values_are_compared_one_by_one(reference, out):
@@ -395,7 +396,7 @@ def registry(request, tmp_path) -> Iterator[Registry]:
             conn.exec_driver_sql(f'DROP DATABASE "{name}" WITH (FORCE)')
 
 
-def test_drift_reports_round_trip(registry, tmp_path):
+def test_drift_reports_round_trip(registry, tmp_path, same_distribution):
     model_dir = tmp_path / "trained"
     model_dir.mkdir()
     (model_dir / "model.safetensors").write_bytes(b"weights")
@@ -437,6 +438,10 @@ def test_drift_reports_round_trip(registry, tmp_path):
     assert [r.id for r in registry.list_drift_reports("shirt")] == [second.id, first.id]
     assert registry.list_drift_reports("shirt", limit=1) == [registry.get_drift_report(second.id)]
     assert registry.list_drift_reports("other") == []
+    from_report = registry.record_drift_report("shirt", 1, **same_distribution.registry_fields())
+    assert from_report.checks == same_distribution.checks_json() and not from_report.drifted
+    assert (from_report.current_rows, from_report.window_end) == (300, same_distribution.window_end)
+    assert from_report.snapshot_path == same_distribution.snapshot_path
 
     retrain = registry.start_run("pipeline", {"reason": "drift"})
     linked = registry.link_drift_retrain(first.id, retrain)

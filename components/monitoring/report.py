@@ -96,6 +96,20 @@ class DriftReport(BaseModel):
         """The checks as plain JSON values (the registry's `drift_reports.checks`)."""
         return [c.model_dump(mode="json") for c in self.checks]
 
+    def registry_fields(self) -> dict[str, Any]:
+        """`Registry.record_drift_report(name, version, **report.registry_fields())`; the sizes are
+        the frames' before sampling (each check has the numbers it compared)."""
+        return {
+            "drifted": self.drift_detected,
+            "checks": self.checks_json(),
+            "snapshot_path": self.snapshot_path,
+            "reference_rows": self.reference_rows_total,
+            "current_rows": self.current_rows_total,
+            "window_start": self.window_start,
+            "window_end": self.window_end,
+            "reason": self.reason,
+        }
+
 
 def sample_frame(frame: pd.DataFrame, max_rows: int, seed: int = 0) -> pd.DataFrame:
     """At most `max_rows` rows, drawn without replacement (seeded), in their original order."""
@@ -273,6 +287,10 @@ def _missing(v: Any) -> bool:
     return v is None or (isinstance(v, float) and math.isnan(v))
 
 
+def _no_vector(v: Any) -> bool:
+    return _missing(v) or np.size(v) == 0  # NaN: a row of a frame without the column, after a concat
+
+
 def _embeddings(
     ref: pd.DataFrame,
     cur: pd.DataFrame,
@@ -295,7 +313,7 @@ def _embeddings(
             if emb not in f:
                 reason = f"not in the {side} frame"
                 break
-            absent = int(f[emb].map(lambda v: v is None or np.size(v) == 0).sum())
+            absent = int(f[emb].map(_no_vector).sum())
             if absent:
                 reason = f"{absent} of {len(f)} {side} rows have none (an embedding check needs every row)"
                 break
