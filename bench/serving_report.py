@@ -47,6 +47,11 @@ def _batches(level: dict[str, Any]) -> str:
     return f"{h['mean']:.1f} ({spread})" if h["count"] else "-"
 
 
+def _cores(level: dict[str, Any]) -> str:
+    by = level.get("server_cpu_cores_by_process", {})
+    return f"{level['server_cpu_cores']:.2f} ({by.get('attrflow', 0):.2f} + {by.get('attrflow_scorer', 0):.2f})"
+
+
 def markdown(r: dict[str, Any]) -> str:
     env, ip, ep = r["environment"], r["in_process"], r["endpoint"]
     lines = [
@@ -67,7 +72,8 @@ def markdown(r: dict[str, Any]) -> str:
         "",
         f"Ceiling: **{ip['ceiling_products_per_s']:.1f} products/s** (batch {ip['best_batch']}, "
         f"{ip['torch_threads']} torch threads). Single product: p50 **{ip['single']['p50_ms']:.1f} ms**, "
-        f"p95 {ip['single']['p95_ms']:.1f}, p99 {ip['single']['p99_ms']:.1f}.",
+        f"p95 {ip['single']['p95_ms']:.1f}, p99 {ip['single']['p99_ms']:.1f}. Other processes on the machine "
+        f"meanwhile: {ip['other_cpu_cores']:.2f} cores busy.",
         "",
         "## Endpoint",
         "",
@@ -75,8 +81,8 @@ def markdown(r: dict[str, Any]) -> str:
         f"tree): {ep['idle_rss_mb']:.0f} MB idle, {ep['peak_rss_mb']:.0f} MB at most after a level.",
         "",
         "| endpoint | concurrency | products/s | x ceiling | p50 ms | p95 ms | p99 ms | requests | errors "
-        "| products per forward pass: mean (histogram) | server cores | client cores |",
-        "|---|---|---|---|---|---|---|---|---|---|---|---|",
+        "| products per forward pass: mean (histogram) | server cores (front + scorer) | client cores | other cores |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for lv in ep["levels"]:
         share = lv["products_per_s"] / ip["ceiling_products_per_s"]
@@ -84,9 +90,19 @@ def markdown(r: dict[str, Any]) -> str:
             f"| {lv['endpoint']}{' x' + str(lv['products_per_request']) if lv['products_per_request'] > 1 else ''} "
             f"| {lv['concurrency']}{' (after the others)' if lv.get('after_load') else ''} | {lv['products_per_s']:.1f} | {share:.2f} | {lv['p50_ms']:.0f} | "
             f"{lv['p95_ms']:.0f} | {lv['p99_ms']:.0f} | {lv['requests']} | {sum(lv['errors'].values())} | "
-            f"{_batches(lv)} | {lv['server_cpu_cores']:.2f} | {lv['client_cpu_cores']:.2f} |"
+            f"{_batches(lv)} | {_cores(lv)} | {lv['client_cpu_cores']:.2f} | {lv['other_cpu_cores']:.2f} |"
         )
-    lines += ["", "## Targets", ""]
+    lines += [
+        "",
+        "Per level: a warm-up, then the measured window; latency is request sent -> answer read, "
+        "over loopback. Forward passes: attrflow's histogram of products per model call, over the "
+        "level (warm-up included). Cores: CPU seconds per wall second, the server's process tree "
+        "(front + scorer + BentoML's supervisor), this benchmark process (the client), and every "
+        "other process on the machine (a clean measurement has about 0 there).",
+        "",
+        "## Targets",
+        "",
+    ]
     lines += [f"- **{'MET' if t['met'] else 'NOT MET'}**: {t['target']}: {t['figures']}" for t in r["targets"]]
     lines += ["", f"Run time: {r['seconds']:.0f} s.", ""]
     return "\n".join(lines)

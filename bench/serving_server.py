@@ -38,9 +38,14 @@ class Server:
         """Resident memory of the server's processes, summed (MB)."""
         return sum(_safe(lambda p: p.memory_info().rss, p) for p in self.tree()) / 2**20
 
-    def cpu_seconds(self) -> float:
-        """CPU time (user + system) used so far by the server's live processes."""
-        return sum(_safe(lambda p: sum(p.cpu_times()[:2]), p) for p in self.tree())
+    def cpu_seconds(self) -> dict[str, float]:
+        """CPU time (user + system) used so far by the server's live processes, by role: the
+        front (`attrflow`), the scorer (`attrflow_scorer`), BentoML's supervisor (`serve`)."""
+        out: dict[str, float] = {}
+        for p in self.tree():
+            role = _role(p)
+            out[role] = out.get(role, 0.0) + _safe(lambda p: sum(p.cpu_times()[:2]), p)
+        return out
 
     def metrics(self) -> str:
         return httpx.get(f"{self.url}/metrics", timeout=30).text
@@ -60,6 +65,20 @@ def _safe(read, process: psutil.Process) -> float:
         return float(read(process))
     except psutil.Error:  # a process that ended meanwhile
         return 0.0
+
+
+def _role(process: psutil.Process) -> str:
+    try:
+        args = process.cmdline()
+    except psutil.Error:
+        return "gone"
+    return args[args.index("--service-name") + 1] if "--service-name" in args[:-1] else "serve"
+
+
+def busy_cpu_seconds() -> float:
+    """CPU time the whole machine has spent busy (not idle or waiting for I/O), all cores summed."""
+    times = psutil.cpu_times()
+    return sum(times) - times.idle - getattr(times, "iowait", 0.0)
 
 
 def free_port() -> int:
