@@ -74,6 +74,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         "--no-after-load", dest="after_load", action="store_false", help="skip concurrency 1 again at the end"
     )
     ap.add_argument("--env", action="append", default=[], metavar="ATTRFLOW_X=V", help="a server setting (repeat)")
+    ap.add_argument("--serve-from", type=Path, default=ROOT, help="serve this checkout's serving/ (e.g. a branch)")
     ap.add_argument("--tag", help="a variant's name: results go to bench/results/serving-variants/TAG.{json,md}")
     return ap.parse_args(argv)
 
@@ -108,14 +109,16 @@ def in_process(model_dir: Path, products: list[BenchProduct], threads: int, args
         batch = [Product(title=p.title, image=decode_image(p.image), id=p.id) for p in chunk]
         predictor.predict(batch, batch_size=len(batch))
 
-    per_batch, own_cpu, machine_cpu, wall = {}, time.process_time(), busy_cpu_seconds(), time.perf_counter()
+    per_batch, cpu_ms = {}, {}
+    own_cpu, machine_cpu, wall = time.process_time(), busy_cpu_seconds(), time.perf_counter()
     for size in args.ceiling_batches:
         score(products[:size])  # this shape's first call
-        done, start, i = 0, time.perf_counter(), 0
+        done, start, cpu, i = 0, time.perf_counter(), time.process_time(), 0
         while time.perf_counter() - start < args.ceiling_seconds:
             score([products[(i + k) % len(products)] for k in range(size)])
             done, i = done + size, i + size
         per_batch[size] = done / (time.perf_counter() - start)
+        cpu_ms[size] = 1000 * (time.process_time() - cpu) / done
         log(f"in process, batch {size}: {per_batch[size]:.1f} products/s")
     latencies = []
     for p in products[: args.single]:
@@ -132,6 +135,7 @@ def in_process(model_dir: Path, products: list[BenchProduct], threads: int, args
     return {
         "torch_threads": threads,
         "products_per_s_by_batch": per_batch,
+        "cpu_ms_per_product_by_batch": cpu_ms,
         "best_batch": best,
         "ceiling_products_per_s": per_batch[best],
         "single": single,
@@ -159,18 +163,38 @@ def json_bodies(products: list[BenchProduct], per_request: int | None) -> list[b
     ]
 
 
+class CpuMeter:
+    """CPU use from its creation on, in cores (CPU seconds per wall second): the server's processes
+    by role, this process (the client) and every other process on the machine."""
+
+    def __init__(self, server: Server) -> None:
+        self.server = server
+        self.start = (server.cpu_seconds(), time.process_time(), busy_cpu_seconds(), time.perf_counter())
+
+    def read(self) -> dict[str, Any]:
+        server0, client0, machine0, wall0 = self.start
+        wall = time.perf_counter() - wall0
+        by_role = {role: (cpu - server0.get(role, 0.0)) / wall for role, cpu in self.server.cpu_seconds().items()}
+        client = (time.process_time() - client0) / wall
+        machine = (busy_cpu_seconds() - machine0) / wall
+        server = sum(by_role.values())
+        return {
+            "wall": wall,
+            "server": server,
+            "by_role": by_role,
+            "client": client,
+            "others": machine - server - client,
+        }
+
+
 def measure_level(
     server: Server, path: str, bodies: list[bytes], concurrency: int, per_request: int, args: argparse.Namespace
 ) -> dict[str, Any]:
     """One closed-loop level: latency summary, batches formed, CPU of server and client, RSS."""
-    before, server_cpu, client_cpu = server.metrics(), server.cpu_seconds(), time.process_time()
-    machine_cpu, wall = busy_cpu_seconds(), time.perf_counter()
+    before, meter = server.metrics(), CpuMeter(server)
     run = asyncio.run(closed_loop(server.url + path, bodies, concurrency, args.seconds, args.warmup))
-    wall = time.perf_counter() - wall
-    after = server.metrics()
-    by_role = {role: (cpu - server_cpu.get(role, 0.0)) / wall for role, cpu in server.cpu_seconds().items()}
-    server_cores = sum(by_role.values())
-    client_cores = (time.process_time() - client_cpu) / wall
+    cpu, after = meter.read(), server.metrics()
+    products = max(1, run.answered * per_request)  # over the whole level, as the CPU
     result = {
         "endpoint": path,
         "concurrency": concurrency,
@@ -182,18 +206,21 @@ def measure_level(
             for name, labels in (BATCH_HIST, PRODUCTS_HIST)
         },
         "server_ms": server_durations(before, after),
-        "server_cpu_cores": server_cores,
-        "server_cpu_cores_by_process": by_role,
-        "client_cpu_cores": client_cores,
-        # everything else on the machine (other people's jobs): the measurement is only clean near 0
-        "other_cpu_cores": max(0.0, (busy_cpu_seconds() - machine_cpu) / wall - server_cores - client_cores),
+        "server_cpu_cores": cpu["server"],
+        "server_cpu_cores_by_process": cpu["by_role"],
+        "server_cpu_ms_per_product": {
+            role: 1000 * cores * cpu["wall"] / products for role, cores in cpu["by_role"].items() if role != "serve"
+        },
+        "client_cpu_cores": cpu["client"],
+        "other_cpu_cores": max(0.0, cpu["others"]),  # other people's jobs: a clean measurement has ~0 here
         "server_rss_mb": server.rss_mb(),
     }
+    roles = ", ".join(f"{k} {v:.2f}" for k, v in cpu["by_role"].items())
     log(
         f"{path} c={concurrency}: {result['products_per_s']:.1f} products/s, p50 {result['p50_ms']:.0f} / "
         f"p95 {result['p95_ms']:.0f} / p99 {result['p99_ms']:.0f} ms, mean batch "
-        f"{result['batches'][PRODUCTS_HIST[0]]['mean']:.1f} products, server {server_cores:.2f} cores "
-        f"({', '.join(f'{k} {v:.2f}' for k, v in by_role.items())}), client {result['client_cpu_cores']:.2f}, others {result['other_cpu_cores']:.2f}, errors {run.errors or 0}"
+        f"{result['batches'][PRODUCTS_HIST[0]]['mean']:.1f} products, server {cpu['server']:.2f} cores ({roles}), "
+        f"client {cpu['client']:.2f}, others {result['other_cpu_cores']:.2f}, errors {run.errors or 0}"
     )
     return result
 
@@ -215,7 +242,7 @@ def endpoint(model_dir: Path, products: list[BenchProduct], env: dict[str, str],
     singles = json_bodies(products, None)
     batches = json_bodies(products, args.batch_products)
     with tempfile.TemporaryDirectory(prefix="attrflow-bench-serving-") as scratch:
-        server = start_server(model_dir, Path(scratch), env)
+        server = start_server(model_dir, Path(scratch), env, args.serve_from)
         try:
             log(f"server ready in {server.cold_start_s:.1f} s ({server.url}), RSS {server.rss_mb():.0f} MB")
             idle_rss = server.rss_mb()

@@ -24,6 +24,7 @@ class LevelRun:
     seconds: float
     latencies: list[float] = field(default_factory=list)
     errors: dict[str, int] = field(default_factory=dict)
+    answered: int = 0  # every request answered with 200, warm-up and stragglers included (for CPU per request)
 
 
 async def closed_loop(
@@ -51,6 +52,7 @@ async def closed_loop(
                 except (aiohttp.ClientError, TimeoutError) as e:
                     problem = type(e).__name__
                 done = loop.time()
+                run.answered += problem is None
                 if sent >= start and done <= end:
                     if problem is None:
                         run.latencies.append(done - sent)

@@ -47,13 +47,87 @@ def _batches(level: dict[str, Any]) -> str:
     return f"{h['mean']:.1f} ({spread})" if h["count"] else "-"
 
 
-def _cores(level: dict[str, Any]) -> str:
-    by = level.get("server_cpu_cores_by_process", {})
-    return f"{level['server_cpu_cores']:.2f} ({by.get('attrflow', 0):.2f} + {by.get('attrflow_scorer', 0):.2f})"
+def _name(level: dict[str, Any]) -> str:
+    per = level["products_per_request"]
+    after = " (again, after the others)" if level.get("after_load") else ""
+    return f"{level['endpoint']}{f' x{per}' if per > 1 else ''} | {level['concurrency']}{after}"
+
+
+def _get(d: dict[str, Any], key: str, fmt: str = ".0f") -> str:
+    return format(d[key], fmt) if key in d else "-"
+
+
+def _in_process(ip: dict[str, Any]) -> list[str]:
+    cpu = ip.get("cpu_ms_per_product_by_batch", {})
+    single = ip["single"]
+    return [
+        "## In process (the ceiling)",
+        "",
+        "| batch size | products/s | CPU ms per product |",
+        "|---|---|---|",
+        *(f"| {b} | {v:.1f} | {_get(cpu, b)} |" for b, v in ip["products_per_s_by_batch"].items()),
+        "",
+        f"Ceiling: **{ip['ceiling_products_per_s']:.1f} products/s** (batch {ip['best_batch']}, "
+        f"{ip['torch_threads']} torch threads). Single product: p50 **{single['p50_ms']:.1f} ms**, "
+        f"p95 {single['p95_ms']:.1f}, p99 {single['p99_ms']:.1f}. Other processes on the machine "
+        f"meanwhile: {ip['other_cpu_cores']:.2f} cores busy.",
+        "",
+    ]
+
+
+def _endpoint(ep: dict[str, Any], ceiling: float) -> list[str]:
+    lines = [
+        "## Endpoint",
+        "",
+        f"Cold start (process start -> /readyz 200): **{ep['cold_start_s']:.1f} s**. Server RSS (process "
+        f"tree): {ep['idle_rss_mb']:.0f} MB idle, {ep['peak_rss_mb']:.0f} MB at most after a level.",
+        "",
+        "| endpoint | concurrency | products/s | x ceiling | p50 ms | p95 ms | p99 ms | requests | errors "
+        "| products per forward pass: mean (histogram) |",
+        "|---|---|---|---|---|---|---|---|---|---|",
+    ]
+    for lv in ep["levels"]:
+        lines.append(
+            f"| {_name(lv)} | {lv['products_per_s']:.1f} | {lv['products_per_s'] / ceiling:.2f} | "
+            f"{lv['p50_ms']:.0f} | {lv['p95_ms']:.0f} | {lv['p99_ms']:.0f} | {lv['requests']} | "
+            f"{sum(lv['errors'].values())} | {_batches(lv)} |"
+        )
+    lines += [
+        "",
+        "Where the time and the CPU go, per level:",
+        "",
+        "| endpoint | concurrency | front ms | scorer ms | front CPU ms / product | scorer CPU ms / product "
+        "| server cores (front + scorer) | client cores | other cores |",
+        "|---|---|---|---|---|---|---|---|---|",
+    ]
+    for lv in ep["levels"]:
+        ms, cpu, by = (
+            lv.get("server_ms", {}),
+            lv.get("server_cpu_ms_per_product", {}),
+            lv["server_cpu_cores_by_process"],
+        )
+        front = ms.get(f"front {lv['endpoint']}")
+        lines.append(
+            f"| {_name(lv)} | {'-' if front is None else f'{front:.0f}'} | {_get(ms, 'scorer /score')} | "
+            f"{_get(cpu, 'attrflow', '.1f')} | {_get(cpu, 'attrflow_scorer', '.1f')} | {lv['server_cpu_cores']:.2f} "
+            f"({by.get('attrflow', 0):.2f} + {by.get('attrflow_scorer', 0):.2f}) | {lv['client_cpu_cores']:.2f} | "
+            f"{lv['other_cpu_cores']:.2f} |"
+        )
+    return lines
+
+
+NOTES = (
+    "Per level: a warm-up, then the measured window; latency is request sent -> answer read, over "
+    "loopback. Forward passes: attrflow's histogram of products per model call, over the level "
+    "(warm-up included). Front / scorer ms: BentoML's mean request duration in each service (the "
+    "scorer's includes its batching queue; one scorer call per /predict request). CPU: the server's "
+    "processes (front, scorer; BentoML's supervisor is in the total), this benchmark process (the "
+    "client), and every other process on the machine (a clean measurement has about 0 there)."
+)
 
 
 def markdown(r: dict[str, Any]) -> str:
-    env, ip, ep = r["environment"], r["in_process"], r["endpoint"]
+    env, ip = r["environment"], r["in_process"]
     lines = [
         "# Serving benchmark (bench/serving.py)",
         "",
@@ -64,45 +138,16 @@ def markdown(r: dict[str, Any]) -> str:
         f"JPEG {r['products']['mean_jpeg_bytes'] / 1024:.1f} KB mean. Server settings: "
         f"`{json.dumps(r['settings'])}`.",
         "",
-        "## In process (the ceiling)",
+        *_in_process(ip),
+        *_endpoint(r["endpoint"], ip["ceiling_products_per_s"]),
         "",
-        "| batch size | products/s |",
-        "|---|---|",
-        *(f"| {b} | {v:.1f} |" for b, v in ip["products_per_s_by_batch"].items()),
-        "",
-        f"Ceiling: **{ip['ceiling_products_per_s']:.1f} products/s** (batch {ip['best_batch']}, "
-        f"{ip['torch_threads']} torch threads). Single product: p50 **{ip['single']['p50_ms']:.1f} ms**, "
-        f"p95 {ip['single']['p95_ms']:.1f}, p99 {ip['single']['p99_ms']:.1f}. Other processes on the machine "
-        f"meanwhile: {ip['other_cpu_cores']:.2f} cores busy.",
-        "",
-        "## Endpoint",
-        "",
-        f"Cold start (process start -> /readyz 200): **{ep['cold_start_s']:.1f} s**. Server RSS (process "
-        f"tree): {ep['idle_rss_mb']:.0f} MB idle, {ep['peak_rss_mb']:.0f} MB at most after a level.",
-        "",
-        "| endpoint | concurrency | products/s | x ceiling | p50 ms | p95 ms | p99 ms | requests | errors "
-        "| products per forward pass: mean (histogram) | server cores (front + scorer) | client cores | other cores |",
-        "|---|---|---|---|---|---|---|---|---|---|---|---|---|",
-    ]
-    for lv in ep["levels"]:
-        share = lv["products_per_s"] / ip["ceiling_products_per_s"]
-        lines.append(
-            f"| {lv['endpoint']}{' x' + str(lv['products_per_request']) if lv['products_per_request'] > 1 else ''} "
-            f"| {lv['concurrency']}{' (after the others)' if lv.get('after_load') else ''} | {lv['products_per_s']:.1f} | {share:.2f} | {lv['p50_ms']:.0f} | "
-            f"{lv['p95_ms']:.0f} | {lv['p99_ms']:.0f} | {lv['requests']} | {sum(lv['errors'].values())} | "
-            f"{_batches(lv)} | {_cores(lv)} | {lv['client_cpu_cores']:.2f} | {lv['other_cpu_cores']:.2f} |"
-        )
-    lines += [
-        "",
-        "Per level: a warm-up, then the measured window; latency is request sent -> answer read, "
-        "over loopback. Forward passes: attrflow's histogram of products per model call, over the "
-        "level (warm-up included). Cores: CPU seconds per wall second, the server's process tree "
-        "(front + scorer + BentoML's supervisor), this benchmark process (the client), and every "
-        "other process on the machine (a clean measurement has about 0 there).",
+        NOTES,
         "",
         "## Targets",
         "",
+        *(f"- **{'MET' if t['met'] else 'NOT MET'}**: {t['target']}: {t['figures']}" for t in r["targets"]),
+        "",
+        f"Run time: {r['seconds']:.0f} s.",
+        "",
     ]
-    lines += [f"- **{'MET' if t['met'] else 'NOT MET'}**: {t['target']}: {t['figures']}" for t in r["targets"]]
-    lines += ["", f"Run time: {r['seconds']:.0f} s.", ""]
     return "\n".join(lines)

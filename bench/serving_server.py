@@ -87,8 +87,11 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def start_server(model_dir: Path, scratch: Path, env: dict[str, str], ready_timeout_s: float = 300) -> Server:
-    """Start the endpoint on `model_dir` and wait for /readyz; `env`: extra ATTRFLOW_* settings."""
+def start_server(
+    model_dir: Path, scratch: Path, env: dict[str, str], checkout: Path = ROOT, ready_timeout_s: float = 300
+) -> Server:
+    """Start the endpoint on `model_dir` and wait for /readyz; `env`: extra ATTRFLOW_* settings;
+    `checkout`: the folder whose serving/ (and components/) is served, this repository by default."""
     port = free_port()
     scratch.mkdir(parents=True, exist_ok=True)
     full_env = {
@@ -106,7 +109,7 @@ def start_server(model_dir: Path, scratch: Path, env: dict[str, str], ready_time
     started = time.perf_counter()
     with log_path.open("wb") as log:
         proc = subprocess.Popen(
-            command, cwd=ROOT, env=full_env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True
+            command, cwd=checkout, env=full_env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True
         )
     url = f"http://127.0.0.1:{port}"
     server = Server(proc, url, log_path, float("nan"))
