@@ -10,16 +10,19 @@ The model is the quality benchmark's exported best model, else a frozen `concat`
    threads the server's scorer gets (ATTRFLOW_TORCH_THREADS, default cores // workers): products/s
    at a few batch sizes (the best is the ceiling), and single-product latency (p50/p95/p99).
 2. The endpoint: `bentoml serve serving.service:AttributeService` as a subprocess (defaults, the
-   prediction log on; bench/serving_server.py), its cold start (process start -> /readyz 200), then
+   prediction log on; bench/serving_server.py), its cold start (process start -> /readyz 200),
+   single products in process and through /predict (one client) in alternating blocks (the
+   machine's speed drifts, so the latency target compares the two over the same minutes), then
    closed-loop aiohttp clients over loopback (bench/serving_load.py), after a warm-up: single
    products to POST /predict (JSON, base64 image) at concurrency 1, 4, 16, 64, POST
    /predict_batch with 64 products per request, and /predict at concurrency 1 once more (BentoML's
-   batcher learns how long to hold a request from the waits it has seen). Per level: products/s, p50/p95/p99 latency, the
-   batches the scorer formed (BentoML's `bentoml_service_adaptive_batch_size` and attrflow's
-   `attrflow_scorer_batch_products` histograms, differences of /metrics before and after), the
-   server's CPU (cores busy, summed over its process tree), the client's CPU, server RSS.
+   batcher learns how long to hold a request from the waits it has seen). Per level: products/s,
+   p50/p95/p99 latency, the batches the scorer formed (BentoML's
+   `bentoml_service_adaptive_batch_size` and attrflow's `attrflow_scorer_batch_products`
+   histograms, differences of /metrics before and after), BentoML's time in the front and the
+   scorer, CPU (server processes by role, the client, everything else on the machine), server RSS.
 3. The targets, MET / NOT MET: at concurrency 64 the endpoint reaches >= 0.8x the ceiling; at
-   concurrency 1 its p50 is within 20 ms of the in-process single-product p50.
+   concurrency 1 its p50 is within 20 ms of the in-process single-product p50 (the paired blocks).
 
 Writes bench/results/serving.json and serving.md (with --tag: bench/results/serving-variants/TAG.*).
 """
@@ -42,6 +45,8 @@ os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 os.environ.setdefault("BENTOML_DO_NOT_TRACK", "True")
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))  # the repository first: `bench` and `serving` are its packages
+
+import httpx  # noqa: E402
 
 from bench.common import RESULTS, log  # noqa: E402
 from bench.serving_load import closed_loop, histogram, histogram_delta, latency_summary, targets, total  # noqa: E402
@@ -70,6 +75,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     ap.add_argument("--ceiling-batches", type=ints, default=[16, 32, 64, 128], help="in-process batch sizes")
     ap.add_argument("--ceiling-seconds", type=float, default=6.0, help="seconds per in-process batch size")
     ap.add_argument("--single", type=int, default=60, help="in-process single-product calls timed")
+    ap.add_argument("--paired-blocks", type=int, default=6, help="alternating blocks for the latency target")
+    ap.add_argument("--paired-per-block", type=int, default=15, help="calls per block, in process and over HTTP")
     ap.add_argument(
         "--no-after-load", dest="after_load", action="store_false", help="skip concurrency 1 again at the end"
     )
@@ -94,28 +101,35 @@ def settings_env(pairs: list[str]) -> dict[str, str]:
 # --- the ceiling, in process ---------------------------------------------------------------------
 
 
-def in_process(model_dir: Path, products: list[BenchProduct], threads: int, args: argparse.Namespace) -> dict:
-    """Products/s of decode + predict at each batch size, and single-product latency."""
-    import torch
+class InProcess:
+    """The model in this process, scoring raw products as the ceiling does: decode + predict."""
 
-    from components.inference.inputs import Product, decode_image
-    from components.inference.predictor import Predictor
+    def __init__(self, model_dir: Path, threads: int) -> None:
+        import torch
 
-    torch.set_num_threads(threads)
-    predictor = Predictor(model_dir)
-    predictor.warmup()
+        from components.inference.predictor import Predictor
 
-    def score(chunk: list[BenchProduct]) -> None:
+        torch.set_num_threads(threads)
+        self.threads = threads
+        self.predictor = Predictor(model_dir)
+        self.predictor.warmup()
+
+    def score(self, chunk: list[BenchProduct]) -> None:
+        from components.inference.inputs import Product, decode_image
+
         batch = [Product(title=p.title, image=decode_image(p.image), id=p.id) for p in chunk]
-        predictor.predict(batch, batch_size=len(batch))
+        self.predictor.predict(batch, batch_size=len(batch))
 
+
+def in_process(model: InProcess, products: list[BenchProduct], args: argparse.Namespace) -> dict:
+    """Products/s (and CPU per product) of decode + predict at each batch size, and single-product latency."""
     per_batch, cpu_ms = {}, {}
     own_cpu, machine_cpu, wall = time.process_time(), busy_cpu_seconds(), time.perf_counter()
     for size in args.ceiling_batches:
-        score(products[:size])  # this shape's first call
+        model.score(products[:size])  # this shape's first call
         done, start, cpu, i = 0, time.perf_counter(), time.process_time(), 0
         while time.perf_counter() - start < args.ceiling_seconds:
-            score([products[(i + k) % len(products)] for k in range(size)])
+            model.score([products[(i + k) % len(products)] for k in range(size)])
             done, i = done + size, i + size
         per_batch[size] = done / (time.perf_counter() - start)
         cpu_ms[size] = 1000 * (time.process_time() - cpu) / done
@@ -123,17 +137,17 @@ def in_process(model_dir: Path, products: list[BenchProduct], threads: int, args
     latencies = []
     for p in products[: args.single]:
         start = time.perf_counter()
-        score([p])
+        model.score([p])
         latencies.append(time.perf_counter() - start)
     single = latency_summary(latencies, sum(latencies))
     wall, own = time.perf_counter() - wall, time.process_time() - own_cpu
     others = max(0.0, (busy_cpu_seconds() - machine_cpu - own) / wall)
     best = max(per_batch, key=per_batch.get)
     log(
-        f"in process, single product: p50 {single['p50_ms']:.1f} ms, p99 {single['p99_ms']:.1f} ms; others {others:.2f} cores"
+        f"in process, single product: p50 {single['p50_ms']:.1f} ms, p99 {single['p99_ms']:.1f} ms; others {others:.2f}"
     )
     return {
-        "torch_threads": threads,
+        "torch_threads": model.threads,
         "products_per_s_by_batch": per_batch,
         "cpu_ms_per_product_by_batch": cpu_ms,
         "best_batch": best,
@@ -142,6 +156,31 @@ def in_process(model_dir: Path, products: list[BenchProduct], threads: int, args
         "cpu_cores": own / wall,
         "other_cpu_cores": others,
     }
+
+
+def paired_single(
+    server: Server, model: InProcess, products: list[BenchProduct], bodies: list[bytes], blocks: int, per_block: int
+) -> dict[str, Any]:
+    """Single-product latency in process and through /predict at concurrency 1, in alternating
+    blocks, so that both see the same machine (its speed drifts by 10-20% from minute to minute)."""
+    local, remote = [], []
+    with httpx.Client(timeout=60, headers={"Content-Type": "application/json"}) as client:
+        for b in range(blocks):
+            picks = [(b * per_block + k) % len(products) for k in range(per_block)]
+            for i in picks:
+                start = time.perf_counter()
+                model.score([products[i]])
+                local.append(time.perf_counter() - start)
+            for i in picks:
+                start = time.perf_counter()
+                client.post(server.url + "/predict", content=bodies[i]).raise_for_status()
+                remote.append(time.perf_counter() - start)
+    paired = {"in_process": latency_summary(local, sum(local)), "endpoint": latency_summary(remote, sum(remote))}
+    log(
+        f"single product, paired: in process p50 {paired['in_process']['p50_ms']:.1f} ms, "
+        f"/predict p50 {paired['endpoint']['p50_ms']:.1f} ms"
+    )
+    return paired
 
 
 # --- the endpoint --------------------------------------------------------------------------------
@@ -237,8 +276,10 @@ def server_durations(before: str, after: str) -> dict[str, float]:
     return out
 
 
-def endpoint(model_dir: Path, products: list[BenchProduct], env: dict[str, str], args: argparse.Namespace) -> dict:
-    """Start the server, warm it up, run every level, stop it."""
+def endpoint(
+    model_dir: Path, model: InProcess, products: list[BenchProduct], env: dict[str, str], args: argparse.Namespace
+) -> dict:
+    """Start the server, warm it up, time single products against the model in process, run every level, stop it."""
     singles = json_bodies(products, None)
     batches = json_bodies(products, args.batch_products)
     with tempfile.TemporaryDirectory(prefix="attrflow-bench-serving-") as scratch:
@@ -249,6 +290,7 @@ def endpoint(model_dir: Path, products: list[BenchProduct], env: dict[str, str],
             # BentoML's batcher calibrates itself on its first calls (one client is enough); a crowd
             # here would teach it to hold single requests (see the last level).
             asyncio.run(closed_loop(server.url + "/predict", singles, 1, 0.0, 2 * args.warmup))
+            paired = paired_single(server, model, products, singles, args.paired_blocks, args.paired_per_block)
             levels = [measure_level(server, "/predict", singles, c, 1, args) for c in args.levels]
             levels += [
                 measure_level(server, "/predict_batch", batches, c, args.batch_products, args)
@@ -262,6 +304,7 @@ def endpoint(model_dir: Path, products: list[BenchProduct], env: dict[str, str],
         server_log = server.log_path.read_text(errors="replace")
     return {
         "cold_start_s": server.cold_start_s,
+        "paired_single": paired,
         "idle_rss_mb": idle_rss,
         "peak_rss_mb": max(level["server_rss_mb"] for level in levels),
         "levels": levels,
@@ -284,12 +327,17 @@ def main(argv: list[str] | None = None) -> int:
     log(
         f"{len(products)} catalog products, JPEG {sum(len(p.image) for p in products) / len(products) / 1024:.1f} KB mean"
     )
-    ceiling = in_process(model_dir, products, settings.threads_per_worker, args)
-    served = endpoint(model_dir, products, env, args)
-    single_levels = {
-        lv["concurrency"]: lv for lv in served["levels"] if lv["endpoint"] == "/predict" and not lv.get("after_load")
-    }
-    checks = targets(ceiling["ceiling_products_per_s"], ceiling["single"]["p50_ms"], single_levels)
+    model = InProcess(model_dir, settings.threads_per_worker)
+    ceiling = in_process(model, products, args)
+    served = endpoint(model_dir, model, products, env, args)
+    top = max((lv for lv in served["levels"] if lv["endpoint"] == "/predict"), key=lambda lv: lv["concurrency"])
+    paired = served["paired_single"]
+    checks = targets(
+        ceiling["ceiling_products_per_s"],
+        (top["concurrency"], top["products_per_s"]),
+        paired["in_process"]["p50_ms"],
+        paired["endpoint"]["p50_ms"],
+    )
     results = {
         "environment": environment(),
         "model": {"dir": str(model_dir), "source": model_source},

@@ -75,6 +75,23 @@ def _in_process(ip: dict[str, Any]) -> list[str]:
     ]
 
 
+def _paired(paired: dict[str, Any] | None) -> list[str]:
+    if not paired:
+        return []
+    local, remote = paired["in_process"], paired["endpoint"]
+    return [
+        f"Single products, in process and through /predict at concurrency 1 in alternating blocks "
+        f"({local['requests']} each; what the latency target compares):",
+        "",
+        "| | p50 ms | p95 ms | p99 ms |",
+        "|---|---|---|---|",
+        f"| in process (decode + predict) | {local['p50_ms']:.1f} | {local['p95_ms']:.1f} | {local['p99_ms']:.1f} |",
+        f"| /predict | {remote['p50_ms']:.1f} | {remote['p95_ms']:.1f} | {remote['p99_ms']:.1f} |",
+        f"| difference | {remote['p50_ms'] - local['p50_ms']:.1f} | | |",
+        "",
+    ]
+
+
 def _endpoint(ep: dict[str, Any], ceiling: float) -> list[str]:
     lines = [
         "## Endpoint",
@@ -82,6 +99,7 @@ def _endpoint(ep: dict[str, Any], ceiling: float) -> list[str]:
         f"Cold start (process start -> /readyz 200): **{ep['cold_start_s']:.1f} s**. Server RSS (process "
         f"tree): {ep['idle_rss_mb']:.0f} MB idle, {ep['peak_rss_mb']:.0f} MB at most after a level.",
         "",
+        *_paired(ep.get("paired_single")),
         "| endpoint | concurrency | products/s | x ceiling | p50 ms | p95 ms | p99 ms | requests | errors "
         "| products per forward pass: mean (histogram) |",
         "|---|---|---|---|---|---|---|---|---|---|",

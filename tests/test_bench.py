@@ -239,12 +239,11 @@ def test_serving_bench_latency_summary_and_targets():
     assert batch["products_per_s"] == 128  # products, not requests
     assert latency_summary([], seconds=1.0)["requests"] == 0
 
-    levels = {1: {"products_per_s": 20.0, "p50_ms": 45.0}, 64: {"products_per_s": 80.0, "p50_ms": 700.0}}
-    throughput, latency = targets(ceiling_per_s=100.0, single_p50_ms=20.0, levels=levels)
-    assert throughput["met"] and "0.80x" in throughput["figures"]  # 80 of 100: exactly the bar
+    throughput, latency = targets(100.0, (64, 80.0), in_process_p50_ms=20.0, endpoint_p50_ms=45.0)
+    assert throughput["met"] and "concurrency 64" in throughput["target"] and "0.80x" in throughput["figures"]
     assert not latency["met"] and latency["figures"] == "45.0 ms vs 20.0 + 20 = 40.0 ms"
-    assert targets(100.0, 25.0, levels)[1]["met"]  # 45 <= 25 + 20
-    assert not targets(101.0, 25.0, levels)[0]["met"]
+    assert targets(100.0, (64, 80.0), 25.0, 45.0)[1]["met"]  # 45 <= 25 + 20: exactly the bar
+    assert not targets(101.0, (64, 80.0), 25.0, 45.0)[0]["met"]
 
 
 def test_serving_bench_serialises_request_bodies_once():
