@@ -15,12 +15,10 @@ The model is the quality benchmark's exported best model, else a frozen `concat`
    machine's speed drifts, so the latency target compares the two over the same minutes), then
    closed-loop aiohttp clients over loopback (bench/serving_load.py), after a warm-up: single
    products to POST /predict (JSON, base64 image) at concurrency 1, 4, 16, 64, POST
-   /predict_batch with 64 products per request, and /predict at concurrency 1 once more (BentoML's
-   batcher learns how long to hold a request from the waits it has seen). Per level: products/s,
-   p50/p95/p99 latency, the batches the scorer formed (BentoML's
-   `bentoml_service_adaptive_batch_size` and attrflow's `attrflow_scorer_batch_products`
-   histograms, differences of /metrics before and after), BentoML's time in the front and the
-   scorer, CPU (server processes by role, the client, everything else on the machine), server RSS.
+   /predict_batch with 64 products per request, and /predict at concurrency 1 once more (is a lone
+   request still served at once after load?). Per level: products/s, p50/p95/p99 latency, the
+   forward passes the scorer made (attrflow's `attrflow_scorer_batch_products` histogram, the
+   difference of /metrics before and after), BentoML's time in the front and the scorer, CPU (server processes by role, the client, everything else on the machine), server RSS.
 3. The targets, MET / NOT MET: at concurrency 64 the endpoint reaches >= 0.8x the ceiling; at
    concurrency 1 its p50 is within 20 ms of the in-process single-product p50 (the paired blocks).
 
@@ -57,7 +55,6 @@ from bench.serving_server import Server, busy_cpu_seconds, start_server  # noqa:
 DURATION = "bentoml_service_request_duration_seconds"  # per service and endpoint, as BentoML sees them
 DURATIONS = {"front /predict": ("attrflow", "/predict"), "front /predict_batch": ("attrflow", "/predict_batch")}
 DURATIONS["scorer /score"] = ("attrflow_scorer", "/score")
-BATCH_HIST = ("bentoml_service_adaptive_batch_size", {"method_name": "score"})  # calls of the batchable API
 PRODUCTS_HIST = ("attrflow_scorer_batch_products", {})  # products per forward pass of the model
 
 
@@ -242,7 +239,7 @@ def measure_level(
         "errors": run.errors,
         "batches": {
             name: histogram_delta(histogram(before, name, **labels), histogram(after, name, **labels))
-            for name, labels in (BATCH_HIST, PRODUCTS_HIST)
+            for name, labels in (PRODUCTS_HIST,)
         },
         "server_ms": server_durations(before, after),
         "server_cpu_cores": cpu["server"],
@@ -287,8 +284,6 @@ def endpoint(
         try:
             log(f"server ready in {server.cold_start_s:.1f} s ({server.url}), RSS {server.rss_mb():.0f} MB")
             idle_rss = server.rss_mb()
-            # BentoML's batcher calibrates itself on its first calls (one client is enough); a crowd
-            # here would teach it to hold single requests (see the last level).
             asyncio.run(closed_loop(server.url + "/predict", singles, 1, 0.0, 2 * args.warmup))
             paired = paired_single(server, model, products, singles, args.paired_blocks, args.paired_per_block)
             levels = [measure_level(server, "/predict", singles, c, 1, args) for c in args.levels]
@@ -296,7 +291,7 @@ def endpoint(
                 measure_level(server, "/predict_batch", batches, c, args.batch_products, args)
                 for c in args.batch_levels
             ]
-            if args.after_load:  # one client again: does the batcher still wait as it learnt to under load?
+            if args.after_load:  # one client again: is a lone request still served at once after load?
                 levels.append({**measure_level(server, "/predict", singles, 1, 1, args), "after_load": True})
             metrics = server.metrics()
         finally:

@@ -12,18 +12,16 @@
     GET  /livez /readyz /metrics   BentoML's health checks and Prometheus metrics
 
 `Scorer` holds the model (`serving.holder.ModelHolder`: a `Predictor`, hot-swapped when the
-registry's production version changes) and has one batchable API, `score`. The model is the
-registry's production version of ATTRFLOW_MODEL_NAME, unless one is pinned: ATTRFLOW_BENTO_MODEL
-(a BentoML model tag), ATTRFLOW_MODEL_DIR (a folder), or, run from a Bento built by the `package`
-flow, the model packed into it.
+registry's production version changes) and has one API, `score`. The model is the registry's
+production version of ATTRFLOW_MODEL_NAME, unless one is pinned: ATTRFLOW_BENTO_MODEL (a BentoML
+model tag), ATTRFLOW_MODEL_DIR (a folder), or, run from a Bento built by the `package` flow, the
+model packed into it.
 
-Why two services. BentoML's adaptive batching works on a batchable API, whose HTTP input is itself
-a list; single-product requests are only batched together when something calls that API once per
-request. So the front validates each request and calls `await self.scorer.to_async.score([item])`
-(`bentoml.depends`); BentoML's dispatcher in the scorer gathers the calls that arrive together into
-one list, up to ATTRFLOW_BATCH_MAX_SIZE products or ATTRFLOW_BATCH_MAX_LATENCY_MS, and the model
-scores them in one forward pass. /predict_batch sends its products as one call (the dispatcher cuts
-it into batches of at most that size). Under `bentoml serve` the two run as separate processes
+Why two services. The front validates each request and calls `await self.scorer.to_async.score(items)`
+(`bentoml.depends`); the scorer scores concurrent calls together (serving/batching.py: while one
+forward pass runs, the calls that arrive queue up, and the next pass takes them all, up to
+ATTRFLOW_BATCH_MAX_SIZE products; a lone request is never held). /predict_batch sends its
+products as one call, cut into passes of at most that size. Under `bentoml serve` the two run as separate processes
 (ATTRFLOW_API_WORKERS and ATTRFLOW_WORKERS of them) talking over a local socket with pickled
 payloads, so the work is split to keep the scorer, the bottleneck, doing nothing but scoring:
 
@@ -73,6 +71,7 @@ from components.inference.inputs import InvalidProduct, Product, decode_image
 from components.inference.prediction_log import PredictionLogWriter, input_summary, log_row
 from components.settings import get_settings
 from serving.auth import BearerAuth
+from serving.batching import NaturalBatcher
 from serving.holder import ModelHolder, NoModel, Target
 from serving.schemas import (
     BatchInput,
@@ -124,7 +123,6 @@ def service_metrics() -> SimpleNamespace:
 @bentoml.service(
     name="attrflow_scorer",
     workers=SETTINGS.workers,
-    threads=1,  # one batch at a time per worker; the model uses the torch threads
     traffic={"timeout": SETTINGS.timeout_seconds},
     # BentoML 1.4's client for a dependency replaces its connection pool every 100 requests (or
     # 300 s) and closes the old one under the requests still in flight, which then fail ("Server
@@ -146,18 +144,18 @@ class Scorer:
             pinned=_pinned_model(),
         )
         self.holder.start()  # loads and warms up the model (or logs why not), then polls the registry
+        # Concurrent calls are scored together, one forward pass at a time (serving/batching.py).
+        self.batcher = NaturalBatcher(self.holder.score, SETTINGS.batch_max_size, self.metrics.batch_products.observe)
 
     def __is_ready__(self) -> bool:
         return self.holder.current is not None
 
-    @bentoml.api(batchable=True, max_batch_size=SETTINGS.batch_max_size, max_latency_ms=SETTINGS.batch_max_latency_ms)
-    def score(self, items: list[ScoreItem]) -> list[ScoreResult]:
+    @bentoml.api
+    async def score(self, items: list[ScoreItem]) -> list[ScoreResult]:
         try:
-            results = self.holder.score(items)
+            return await self.batcher(items)
         except NoModel as e:
             raise ServiceUnavailable(str(e)) from None
-        self.metrics.batch_products.observe(len(items))
-        return results
 
     @bentoml.api
     async def info(self) -> ModelInfo:

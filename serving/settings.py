@@ -47,11 +47,11 @@ class ServingSettings(BaseSettings):
     max_image_pixels: int = Field(25_000_000, gt=0)
     api_key: SecretStr | None = None  # ATTRFLOW_API_KEY: when set, `Authorization: Bearer <key>` is required
 
-    # --- adaptive batching (the scorer's batchable API) --------------------------------------
-    batch_max_size: int = Field(64, ge=2)  # products the model scores at once
-    # The longest a request may wait in the batching queue; BentoML sheds (503) a request whose
-    # estimated latency goes past it, so it is a bound for overload, not a target.
-    batch_max_latency_ms: int = Field(10_000, ge=10)
+    # --- batching (serving/batching.py) -----------------------------------------------------
+    # Products the model scores in one forward pass: concurrent requests are gathered up to this.
+    # On 2 CPU cores the frozen models score fastest per product at 16 (make bench-serving, "In
+    # process"); larger passes are slower per product there. Raise it on a GPU.
+    batch_max_size: int = Field(16, ge=1)
 
     # --- processes and threads ---------------------------------------------------------------
     workers: int = Field(1, ge=1)  # scorer processes, each with its own copy of the model
