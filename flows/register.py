@@ -1,5 +1,7 @@
-"""Flow `register`: a trained model -> a registered version, promoted only if it is at least
-as good as the current production model on the same evaluation data."""
+"""Flow `register`: a trained model -> a registered version, promoted only if it is not worse than
+the current production model beyond noise, on the same evaluation data (the newest dataset's test
+split; components.evaluation.comparison: a paired bootstrap interval of the difference, whose
+lower bound must lie above -margin). Every promotion path (pipeline, tune, retrain) comes here."""
 
 from __future__ import annotations
 
@@ -9,6 +11,7 @@ from prefect import flow, task
 from prefect.artifacts import create_markdown_artifact
 
 from components.catalog import load_dataset
+from components.evaluation.comparison import Comparison, compare_models
 from components.evaluation.evaluate import evaluate
 from components.evaluation.report import EvaluationReport
 from components.models.io import load_thresholds
@@ -35,6 +38,14 @@ def evaluate_on(model_dir: str, dataset_dir: str, split: str, out_dir: str) -> d
     return summarize(report)
 
 
+@task
+def compare_on(
+    model_dir: str, production_dir: str, dataset_dir: str, split: str, metric: str, margin: float
+) -> Comparison:
+    """Challenger vs champion on the same products, with the paired bootstrap interval."""
+    return compare_models(model_dir, production_dir, load_dataset(dataset_dir), split, metric, margin)
+
+
 @task(retries=3, retry_delay_seconds=1, retry_condition_fn=retry_on_io_error)
 def register_version(name: str, run_id: int, model_dir: str, metrics: dict):
     with Registry() as registry:
@@ -49,7 +60,10 @@ def register_flow(
     dataset_dir: str,
     primary_metric: str = "r_at_p95_mean",
     split: str = "test",
+    margin: float = 0.002,
 ) -> dict:
+    """Register `model_dir` under `model_name` and apply the champion/challenger rule: a loss
+    smaller than `margin` that the test split cannot tell from noise still promotes."""
     dataset_version = load_dataset(dataset_dir).version
     # The candidate is not registered yet: its report travels into the registry with it.
     candidate = evaluate_on(model_dir, dataset_dir, split, str(Path(model_dir) / f"eval-{dataset_version}-{split}"))
@@ -67,20 +81,28 @@ def register_flow(
                 / f"{dataset_version}-{split}-for-run-{run_id}"
             )
             prod_metrics = evaluate_on(production.artifact_dir, dataset_dir, split, str(out))
+        comparison = (
+            compare_on(model_dir, str(production.artifact_dir), dataset_dir, split, primary_metric, margin)
+            if production
+            else None
+        )
         version = register_version(model_name, run_id, model_dir, candidate)
         # Applies the rule: promotes (archiving the old production) or records why not.
         decision = registry.decide_promotion(
             model_name,
             version.version,
             metric=primary_metric,
-            candidate_score=candidate[primary_metric],
-            production_score=prod_metrics[primary_metric] if prod_metrics else None,
+            candidate_score=comparison.candidate if comparison else candidate[primary_metric],
+            production_score=comparison.production if comparison else None,
+            interval=comparison.interval if comparison else None,
+            margin=margin,
         )
     verdict = "promoted to production" if decision.promote else "kept as candidate"
     create_markdown_artifact(
         f"# {model_name} v{version.version}: {verdict}\n\n{decision.reason}\n\n"
         f"| | {primary_metric} |\n|---|---|\n| candidate v{version.version} | {candidate[primary_metric]:.4f} |\n"
         + (f"| production v{production.version} | {prod_metrics[primary_metric]:.4f} |\n" if production else "")
+        + (f"\n{comparison.describe()}\n" if comparison else "")
         + f"\nArtifacts: `{version.artifact_dir}`\n",
         key=artifact_key("promotion", model_name),
         description="Promotion decision",
@@ -92,4 +114,5 @@ def register_flow(
         "promoted": decision.promote,
         "reason": decision.reason,
         "metrics": candidate,
+        "comparison": comparison.model_dump(mode="json") if comparison else None,
     }

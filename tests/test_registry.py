@@ -245,6 +245,20 @@ def test_promotion_rule(registry, model_dir):
     assert fresh.promote and registry.get_production("shirt").version == 3
     assert [v.stage for v in registry.list_model_versions("shirt")].count("production") == 1
 
+    # With a paired bootstrap interval the rule is "not worse beyond noise": the lower bound decides.
+    _register(registry, model_dir, 0.899)
+    noise = registry.decide_promotion(
+        "shirt", 5, candidate_score=0.899, production_score=0.90, interval=(-0.0015, 0.001), margin=0.002
+    )
+    assert noise.promote and noise.interval == (-0.0015, 0.001) and "[-0.0015, +0.0010]" in noise.reason
+    assert registry.get_production("shirt").version == 5  # a lower score within the noise still promotes
+    _register(registry, model_dir, 0.95)
+    loss = registry.decide_promotion(
+        "shirt", 6, candidate_score=0.95, production_score=0.899, interval=(-0.004, 0.06), margin=0.002
+    )
+    assert not loss.promote and "lower bound <= -0.002" in loss.reason  # a higher score but a possible real loss
+    assert registry.get_production("shirt").version == 5 and stage(6) == "candidate"
+
     with pytest.raises(RegistryError, match="no version 9"):
         registry.decide_promotion("shirt", 9)
     with pytest.raises(RegistryError, match="no model named"):

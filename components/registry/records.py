@@ -60,6 +60,7 @@ class PromotionDecision(_Record):
     reason: str
     candidate_score: float | None
     production_score: float | None  # None when there was no production version
+    interval: tuple[float, float] | None = None  # paired bootstrap interval of candidate - production, if used
 
 
 class DriftReportRecord(_Record):

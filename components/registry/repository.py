@@ -273,11 +273,16 @@ class Registry:
         metric: str = PRIMARY_METRIC,
         candidate_score: float | None = None,
         production_score: float | None = None,
+        interval: tuple[float, float] | None = None,
+        margin: float = 0.002,
     ) -> PromotionDecision:
         """Promote `version` if it is at least as good as the production version, and record why (not).
 
         The scores must come from the same evaluation data: pass both when you have just evaluated
         the two models; a score not passed is read from `metric` in that version's stored metrics.
+        With `interval` (a paired bootstrap interval of candidate - production on those data,
+        components.evaluation.comparison) the rule is "not worse beyond noise": promote when its
+        lower bound is above -`margin`. Without it: candidate score >= production score.
         With no production version yet, the candidate is promoted. Otherwise, a worse candidate keeps
         its stage and the reason goes into its `decision`.
         """
@@ -302,12 +307,24 @@ class Registry:
                 if cand is None or prod is None:
                     which = version if cand is None else production.version
                     raise RegistryError(f"{name} version {which} has no {metric!r} in its metrics; pass the scores")
-                ok = cand >= prod
-                reason = (
-                    f"{metric}: candidate v{version} {cand:.4f} {'>=' if ok else '<'} production "
-                    f"v{production.version} {prod:.4f}" + ("" if ok else f"; stays {candidate.stage}")
+                if interval is None:
+                    ok = cand >= prod
+                    reason = (
+                        f"{metric}: candidate v{version} {cand:.4f} {'>=' if ok else '<'} production "
+                        f"v{production.version} {prod:.4f}"
+                    )
+                else:
+                    low, high = interval
+                    ok = low > -margin
+                    reason = (
+                        f"{metric}: candidate v{version} {cand:.4f}, production v{production.version} {prod:.4f}; "
+                        f"paired bootstrap interval of the difference [{low:+.4f}, {high:+.4f}], lower bound "
+                        f"{'>' if ok else '<='} -{margin:g}"
+                    )
+                reason += "" if ok else f"; stays {candidate.stage}"
+                decision = PromotionDecision(
+                    promote=ok, reason=reason, candidate_score=cand, production_score=prod, interval=interval
                 )
-                decision = PromotionDecision(promote=ok, reason=reason, candidate_score=cand, production_score=prod)
             if decision.promote:
                 self._make_production(s, versions, candidate, decision.reason)
             else:
