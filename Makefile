@@ -14,6 +14,7 @@ export BENTOML_DO_NOT_TRACK := True
 
 ATTRFLOW_HOME ?= .attrflow
 UI_PORT       ?= 4200
+EVIDENTLY_PORT ?= 8000
 SERVE_PORT    ?= 3000
 MODEL         ?= demo
 # Prefect keeps its database under attrflow's data directory, so `make ui` shows the demo's runs.
@@ -50,13 +51,20 @@ format: setup  ## apply ruff's fixes and formatting
 serve: setup  ## the BentoML endpoint for MODEL's production version on http://127.0.0.1:$(SERVE_PORT)
 	$(BIN)/attrflow serve $(MODEL) --port $(SERVE_PORT)
 
-ui: setup  ## a local Prefect server + UI (http://127.0.0.1:$(UI_PORT)) serving attrflow's deployments
+# `make ui` also serves the drift dashboards: Evidently's UI on ATTRFLOW_HOME/monitoring/workspace
+# (flows/dashboards.py; `python -m flows.dashboards` is `evidently ui`, which fails to import under pandas 3).
+# Evidently sends no usage telemetry when DO_NOT_TRACK is set (evidently/telemetry.py).
+ui: export DO_NOT_TRACK := 1
+ui: setup  ## Prefect server + UI (http://127.0.0.1:$(UI_PORT)) serving attrflow's deployments, and the drift dashboards (http://127.0.0.1:$(EVIDENTLY_PORT))
 	mkdir -p $(PREFECT_HOME)
 	$(BIN)/prefect server start --host 127.0.0.1 --port $(UI_PORT) & server=$$!; \
-	trap 'kill $$server 2>/dev/null' EXIT INT TERM; \
+	ATTRFLOW_HOME=$(ATTRFLOW_HOME) $(BIN)/python -m flows.dashboards --host 127.0.0.1 --port $(EVIDENTLY_PORT) & evidently=$$!; \
+	trap 'kill $$server $$evidently 2>/dev/null' EXIT INT TERM; \
 	until curl -sf http://127.0.0.1:$(UI_PORT)/api/health >/dev/null; do sleep 1; done; \
+	until curl -sf http://127.0.0.1:$(EVIDENTLY_PORT)/api/version >/dev/null; do kill -0 $$evidently || exit 1; sleep 1; done; \
 	echo "Prefect UI: http://127.0.0.1:$(UI_PORT)"; \
-	PREFECT_API_URL=http://127.0.0.1:$(UI_PORT)/api $(BIN)/python -m flows.deployments
+	echo "Drift dashboards (Evidently UI): http://127.0.0.1:$(EVIDENTLY_PORT)"; \
+	ATTRFLOW_EVIDENTLY_PORT=$(EVIDENTLY_PORT) PREFECT_API_URL=http://127.0.0.1:$(UI_PORT)/api $(BIN)/python -m flows.deployments
 
 clean:
 	rm -rf $(VENV) .attrflow .pytest_cache

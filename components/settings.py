@@ -14,6 +14,7 @@ class Settings(BaseSettings):
 
     home: Path = Path(".attrflow")
     db_url: str | None = None  # ATTRFLOW_DB_URL: the registry's database (SQLAlchemy URL)
+    webhook_url: str | None = None  # ATTRFLOW_WEBHOOK_URL: a JSON POST on drift and on each promotion decision
 
     @property
     def datasets_dir(self) -> Path:

@@ -1,4 +1,6 @@
-"""Deployments: scheduled retraining (`pipeline`) and on-demand `ingest` / `train` / `tune` (+ `evaluate`).
+"""Deployments: scheduled retraining (`pipeline`), hourly drift monitoring (`monitor`), retraining on
+drift (`retrain`, started by the `attrflow.drift.detected` event), on-demand `ingest` / `train` /
+`tune` / `evaluate` / `package`.
 
     python -m flows.deployments            # serve them against PREFECT_API_URL (see `make ui`)
 
@@ -11,18 +13,39 @@ PREFECT_API_URL at that server and deploy with `flow.deploy(..., work_pool_name=
 from __future__ import annotations
 
 import os
+from datetime import timedelta
 
 from prefect import serve
 from prefect.deployments.runner import RunnerDeployment
+from prefect.events import DeploymentEventTrigger
 
 from flows.evaluate import evaluate_flow
 from flows.ingest import ingest_flow
+from flows.monitor import DRIFT_EVENT, model_resource_id, monitor_flow
 from flows.package import package_flow
 from flows.pipeline import pipeline_flow
+from flows.retrain import retrain_flow
 from flows.train import train_flow
 from flows.tune import tune_flow
 
 DEFAULT_CRON = "0 3 * * 1"  # weekly: Mondays 03:00
+DEFAULT_MONITOR_CRON = "0 * * * *"  # hourly
+DEFAULT_COOLDOWN_HOURS = 6.0  # drift events within this long of a triggered retrain start no other
+
+
+def drift_trigger(model_name: str, cooldown: timedelta) -> DeploymentEventTrigger:
+    """Start the deployment on the model's first drift event, then not again for `cooldown`
+    (a reactive trigger fires at its threshold and ignores further events for the rest of
+    its `within` window), so a burst of drift reports starts one retrain."""
+    return DeploymentEventTrigger(
+        name=f"drift of {model_name}",
+        expect={DRIFT_EVENT},
+        match={"prefect.resource.id": model_resource_id(model_name)},
+        posture="Reactive",
+        threshold=1,
+        within=cooldown,
+        parameters={"drift_report_id": "{{ event.payload.report_id }}"},
+    )
 
 
 def build_deployments(
@@ -30,15 +53,39 @@ def build_deployments(
     configs: list[str] | None = None,
     cron: str | None = None,
     model_name: str | None = None,
+    monitor_cron: str | None = None,
+    cooldown_hours: float | None = None,
 ) -> list[RunnerDeployment]:
-    """The deployments, with the retraining schedule from `cron` (or ATTRFLOW_RETRAIN_CRON)."""
+    """The deployments, with the retraining schedule from `cron` (or ATTRFLOW_RETRAIN_CRON), the
+    monitoring schedule from `monitor_cron` (ATTRFLOW_MONITOR_CRON) and the retrain-on-drift
+    cooldown from `cooldown_hours` (ATTRFLOW_RETRAIN_COOLDOWN_HOURS). The model watched is
+    `model_name` (ATTRFLOW_MODEL_NAME, default "demo")."""
     spec = spec or os.environ.get("ATTRFLOW_RETRAIN_SPEC", "configs/catalogs/fashion.yaml")
     configs = configs or os.environ.get("ATTRFLOW_RETRAIN_CONFIGS", "configs/models/modality_attention.yaml").split(",")
     cron = cron or os.environ.get("ATTRFLOW_RETRAIN_CRON", DEFAULT_CRON)
+    monitor_cron = monitor_cron or os.environ.get("ATTRFLOW_MONITOR_CRON", DEFAULT_MONITOR_CRON)
+    cooldown = timedelta(
+        hours=cooldown_hours or float(os.environ.get("ATTRFLOW_RETRAIN_COOLDOWN_HOURS", DEFAULT_COOLDOWN_HOURS))
+    )
+    watched = model_name or os.environ.get("ATTRFLOW_MODEL_NAME", "demo")
     params = {"spec": spec, "configs": configs}
     if model_name:
         params["model_name"] = model_name
     return [
+        monitor_flow.to_deployment(
+            "hourly",
+            cron=monitor_cron,
+            parameters={"model_name": watched},
+            description="Drift report of the production model over the last day of served traffic.",
+            tags=["attrflow", "monitoring"],
+        ),
+        retrain_flow.to_deployment(
+            "on-drift",
+            parameters={"model_name": watched, "spec": spec, "configs": configs},
+            triggers=[drift_trigger(watched, cooldown)],
+            description="Ingest, train, register through champion/challenger: started by a drift event.",
+            tags=["attrflow", "retrain"],
+        ),
         pipeline_flow.to_deployment(
             "scheduled-retrain",
             cron=cron,

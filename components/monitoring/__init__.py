@@ -26,6 +26,7 @@ from components.monitoring.report import (
     run_drift_report,
     sample_frame,
 )
+from components.monitoring.sources import dataset_window, log_window, model_reference
 
 __all__ = [
     "Check",
@@ -37,6 +38,9 @@ __all__ = [
     "MonitoringConfig",
     "SkippedCheck",
     "column_info",
+    "dataset_window",
+    "log_window",
+    "model_reference",
     "decide",
     "frame_from_dataset",
     "frame_from_prediction_log",

@@ -28,9 +28,12 @@ more sensitive report, lower the thresholds for a quieter one.
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from components.yaml_files import describe_errors, read_yaml_mapping
 
 CheckKind = Literal["input", "embedding", "prediction", "label"]
 ColumnType = Literal["numerical", "categorical", "binary"]
@@ -128,6 +131,16 @@ class MonitoringConfig(_Config):
     min_category_share: float = Field(0.01, ge=0, lt=1)
     embeddings: bool = True  # False: no embedding checks (they are the slow part)
     check_scores: bool = False  # also test each attribute's top score (`score:<attr>`, numerical)
+
+    @classmethod
+    def from_yaml(cls, path: str | Path) -> MonitoringConfig:
+        """A monitoring config file (configs/monitoring/default.yaml); errors name the file and field."""
+        path = Path(path)
+        raw = read_yaml_mapping(path, "monitoring config", empty_ok=True)
+        try:
+            return cls.model_validate(raw)
+        except ValidationError as e:
+            raise ValueError(f"{path}: invalid monitoring config: {describe_errors(e)}") from None
 
     def test_for(self, column: str, column_type: ColumnType) -> DriftTest:
         if column in self.per_column:

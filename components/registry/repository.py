@@ -97,6 +97,17 @@ class Registry:
                 continue
         raise RegistryError(f"could not register dataset {name} {version}")
 
+    def dataset_of_version(self, name: str, version: int) -> DatasetRecord | None:
+        """The dataset the version's run trained on (None when the run recorded none)."""
+        with self._session() as s:
+            row = s.scalar(
+                select(Dataset)
+                .join(Run, Run.dataset_id == Dataset.id)
+                .join(ModelVersion, ModelVersion.run_id == Run.id)
+                .filter(ModelVersion.name == name, ModelVersion.version == version)
+            )
+            return DatasetRecord.model_validate(row) if row else None
+
     # --- runs ---------------------------------------------------------------------------------
 
     def start_run(
