@@ -207,6 +207,59 @@ def pipeline_cmd(
         typer.echo(json.dumps(result, default=str))
 
 
+def _hours(window: str) -> float:
+    """'24h', '90m', '2d' or a number of hours."""
+    units = {"m": 1 / 60, "h": 1.0, "d": 24.0}
+    try:
+        return float(window[:-1]) * units[window[-1]] if window[-1] in units else float(window)
+    except (ValueError, IndexError):
+        _fail(f"--window {window!r}: give a duration such as 24h, 90m or 2d")
+        raise AssertionError from None  # _fail exits
+
+
+@app.command("monitor")
+def monitor_cmd(
+    model_name: Annotated[str, typer.Argument(help="Registered model whose production version is watched.")],
+    current: Annotated[
+        str | None,
+        typer.Option(
+            help="Compare a catalog version instead of served traffic: a spec (ingested first) or a dataset folder."
+        ),
+    ] = None,
+    window: Annotated[
+        str, typer.Option(help="Served traffic of the last WINDOW (prediction log): 24h, 90m, 2d.")
+    ] = "24h",
+    config: Annotated[
+        Path | None, typer.Option(help="Monitoring config (YAML), e.g. configs/monitoring/default.yaml.")
+    ] = None,
+    as_json: Annotated[bool, typer.Option("--json", help="End with one JSON line of the result.")] = False,
+) -> None:
+    """Run the Prefect `monitor` flow: one drift report of the production model (exit 1 on drift)."""
+    hours = _hours(window)
+    from flows.monitor import monitor_flow
+
+    try:
+        result = monitor_flow(model_name, window_hours=hours, current=current, config=str(config) if config else None)
+    except (ValueError, FileNotFoundError) as e:
+        _fail(str(e))
+    if result.get("skipped"):
+        typer.echo(f"no report: {result['skipped']}")
+    else:
+        drifted = [c["name"] for c in result["checks"] if c["drifted"]]
+        typer.echo(
+            f"{model_name} v{result['model_version']}: {'DRIFT' if result['drift_detected'] else 'no drift'} "
+            f"({len(drifted)} of {len(result['checks'])} checks drifted{': ' + ', '.join(drifted[:8]) if drifted else ''})"
+        )
+        typer.echo(
+            f"  current: {result['window']} ({result['current_size']} rows), reference {result['reference_size']} rows"
+        )
+        typer.echo(f"  report: {result['report_path']}\n  dashboard: {result['dashboard']}")
+    if as_json:
+        typer.echo(json.dumps(result, default=str))
+    if result["drift_detected"]:
+        raise typer.Exit(1)
+
+
 @app.command("tune")
 def tune_cmd(
     spec_or_dataset: Annotated[Path, typer.Argument(help="Catalog spec (YAML; ingested first) or a dataset folder.")],

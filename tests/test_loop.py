@@ -173,3 +173,18 @@ def test_monitor_flow_reports_a_new_camera_and_stays_quiet_on_the_same_catalog(p
     [event] = events
     assert event["resource"]["prefect.resource.id"] == "attrflow.model.loop"
     assert event["payload"]["report_id"] == shifted["report_id"]
+
+    # the same through the command line: exit 1 on drift, the JSON line has what scripts need
+    from typer.testing import CliRunner
+
+    from attrflow.cli import app
+
+    out = CliRunner().invoke(app, ["monitor", "loop", "--current", str(shifted_spec), "--json"])
+    assert out.exit_code == 1, out.output
+    last = json.loads([line for line in out.output.splitlines() if line.startswith("{")][-1])
+    assert last["drift_detected"] is True and {"name", "score", "threshold", "drifted"} <= set(last["checks"][0])
+    assert last["reference_size"] > 0 and last["current_size"] > 250 and Path(last["report_path"]).is_file()
+    quiet = CliRunner().invoke(app, ["monitor", "loop", "--window", "2h"])  # nothing was served: no report
+    assert quiet.exit_code == 0 and "no report" in quiet.output, quiet.output
+    bad = CliRunner().invoke(app, ["monitor", "loop", "--window", "soon"])
+    assert bad.exit_code == 2 and "--window" in bad.output

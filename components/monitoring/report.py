@@ -259,14 +259,16 @@ def _columns(
 def _evidently_frames(
     ref: pd.DataFrame, cur: pd.DataFrame, columns: dict[str, ColumnInfo], min_share: float
 ) -> tuple[pd.DataFrame, pd.DataFrame]:
-    ref_out, cur_out = pd.DataFrame(index=ref.index), pd.DataFrame(index=cur.index)
+    # Built from dicts in one go: column-by-column inserts fragment a frame of hundreds of columns.
+    ref_cols: dict[str, pd.Series] = {}
+    cur_cols: dict[str, pd.Series] = {}
     for column, info in columns.items():
         if info.column_type == "categorical":
-            ref_out[column], cur_out[column] = _pooled(ref[column], cur[column], min_share)
+            ref_cols[column], cur_cols[column] = _pooled(ref[column], cur[column], min_share)
         else:
-            ref_out[column] = pd.to_numeric(ref[column], errors="coerce").astype(float)
-            cur_out[column] = pd.to_numeric(cur[column], errors="coerce").astype(float)
-    return ref_out, cur_out
+            ref_cols[column] = pd.to_numeric(ref[column], errors="coerce").astype(float)
+            cur_cols[column] = pd.to_numeric(cur[column], errors="coerce").astype(float)
+    return pd.DataFrame(ref_cols, index=ref.index), pd.DataFrame(cur_cols, index=cur.index)
 
 
 def _pooled(ref: pd.Series, cur: pd.Series, min_share: float) -> tuple[pd.Series, pd.Series]:
@@ -308,8 +310,10 @@ def _embeddings(
         if emb not in ref and emb not in cur:
             continue
         reason = None
+        if min(len(ref), len(cur)) < config.min_rows:
+            reason = f"{min(len(ref), len(cur))} rows (< {config.min_rows})"
         vectors = {}
-        for side, f in (("reference", ref), ("current", cur)):
+        for side, f in (("reference", ref), ("current", cur)) if reason is None else ():
             if emb not in f:
                 reason = f"not in the {side} frame"
                 break
@@ -320,8 +324,6 @@ def _embeddings(
             vectors[side] = np.stack([np.asarray(v, dtype=np.float32).ravel() for v in f[emb]])
         if reason is None and vectors["reference"].shape[1] != vectors["current"].shape[1]:
             reason = f"{vectors['reference'].shape[1]} dimensions in the reference, {vectors['current'].shape[1]} in the current rows"
-        if reason is None and min(len(ref), len(cur)) < config.min_rows:
-            reason = f"{min(len(ref), len(cur))} rows (< {config.min_rows})"
         if reason is not None:
             skipped.append(SkippedCheck(name=emb, kind="embedding", reason=reason))
             continue
