@@ -21,7 +21,7 @@ MODEL         ?= demo
 export PREFECT_HOME ?= $(abspath $(ATTRFLOW_HOME))/prefect
 export PREFECT_SERVER_ANALYTICS_ENABLED := false
 
-.PHONY: setup demo test lint format serve ui clean bench bench-quality bench-finetune bench-seeds bench-tune bench-serving
+.PHONY: setup demo test lint format serve ui clean bench bench-quality bench-finetune bench-seeds bench-tune bench-serving bench-loop
 
 setup: $(STAMP)
 
@@ -97,3 +97,6 @@ bench-tune: setup  ## trials in 10 minutes of search, tuned vs hand-picked (benc
 # is one, else a frozen concat trained on a catalog sample (first run only); ~6 minutes on 2 cores.
 bench-serving: setup  ## BentoML endpoint vs in-process ceiling: throughput, latency, batches, RSS (bench/serving.py)
 	$(BIN)/python bench/serving.py
+
+bench-loop: setup  ## drift -> event -> retrain -> champion/challenger -> hot swap, unattended (bench/closed_loop.py)
+	$(BIN)/python bench/closed_loop.py

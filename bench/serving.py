@@ -6,8 +6,8 @@
 The model is the quality benchmark's exported best model, else a frozen `concat` trained here
 (bench/serving_model.py); the products are real catalog products, title + JPEG bytes. In one run:
 
-1. The ceiling, in process: `Predictor` on raw bytes (`decode_image` + `predict`) with the torch
-   threads the server's scorer gets (ATTRFLOW_TORCH_THREADS, default cores // workers): products/s
+1. The ceiling, in process: `Predictor` on raw bytes (`decode_image` + `predict`) with one torch
+   thread per core (the model itself, with the whole machine): products/s
    at a few batch sizes (the best is the ceiling), and single-product latency (p50/p95/p99).
 2. The endpoint: `bentoml serve serving.service:AttributeService` as a subprocess (defaults, the
    prediction log on; bench/serving_server.py), its cold start (process start -> /readyz 200),
@@ -123,13 +123,7 @@ def in_process(model: InProcess, products: list[BenchProduct], args: argparse.Na
     per_batch, cpu_ms = {}, {}
     own_cpu, machine_cpu, wall = time.process_time(), busy_cpu_seconds(), time.perf_counter()
     for size in args.ceiling_batches:
-        model.score(products[:size])  # this shape's first call
-        done, start, cpu, i = 0, time.perf_counter(), time.process_time(), 0
-        while time.perf_counter() - start < args.ceiling_seconds:
-            model.score([products[(i + k) % len(products)] for k in range(size)])
-            done, i = done + size, i + size
-        per_batch[size] = done / (time.perf_counter() - start)
-        cpu_ms[size] = 1000 * (time.process_time() - cpu) / done
+        per_batch[size], cpu_ms[size] = ceiling_block(model, products, size, args.ceiling_seconds)
         log(f"in process, batch {size}: {per_batch[size]:.1f} products/s")
     latencies = []
     for p in products[: args.single]:
@@ -153,6 +147,16 @@ def in_process(model: InProcess, products: list[BenchProduct], args: argparse.Na
         "cpu_cores": own / wall,
         "other_cpu_cores": others,
     }
+
+
+def ceiling_block(model: InProcess, products: list[BenchProduct], size: int, seconds: float) -> tuple[float, float]:
+    """(products/s, CPU ms per product) of `seconds` of in-process batches of `size`."""
+    model.score(products[:size])  # this shape's first call
+    done, start, cpu, i = 0, time.perf_counter(), time.process_time(), 0
+    while time.perf_counter() - start < seconds:
+        model.score([products[(i + k) % len(products)] for k in range(size)])
+        done, i = done + size, i + size
+    return done / (time.perf_counter() - start), 1000 * (time.process_time() - cpu) / done
 
 
 def paired_single(
@@ -274,7 +278,12 @@ def server_durations(before: str, after: str) -> dict[str, float]:
 
 
 def endpoint(
-    model_dir: Path, model: InProcess, products: list[BenchProduct], env: dict[str, str], args: argparse.Namespace
+    model_dir: Path,
+    model: InProcess,
+    products: list[BenchProduct],
+    env: dict[str, str],
+    args: argparse.Namespace,
+    best_batch: int,
 ) -> dict:
     """Start the server, warm it up, time single products against the model in process, run every level, stop it."""
     singles = json_bodies(products, None)
@@ -286,7 +295,18 @@ def endpoint(
             idle_rss = server.rss_mb()
             asyncio.run(closed_loop(server.url + "/predict", singles, 1, 0.0, 2 * args.warmup))
             paired = paired_single(server, model, products, singles, args.paired_blocks, args.paired_per_block)
-            levels = [measure_level(server, "/predict", singles, c, 1, args) for c in args.levels]
+            levels = []
+            for c in args.levels:
+                if c != max(args.levels):
+                    levels.append(measure_level(server, "/predict", singles, c, 1, args))
+                    continue
+                # The machine's speed drifts from minute to minute (by 2x between runs here), so the
+                # throughput target compares the top level with the ceiling measured right around it.
+                before, _ = ceiling_block(model, products, best_batch, args.ceiling_seconds)
+                level = measure_level(server, "/predict", singles, c, 1, args)
+                after, _ = ceiling_block(model, products, best_batch, args.ceiling_seconds)
+                log(f"ceiling around c={c}: {before:.1f} before, {after:.1f} after (batch {best_batch})")
+                levels.append({**level, "ceiling_around": {"batch": best_batch, "before": before, "after": after}})
             levels += [
                 measure_level(server, "/predict_batch", batches, c, args.batch_products, args)
                 for c in args.batch_levels
@@ -322,13 +342,14 @@ def main(argv: list[str] | None = None) -> int:
     log(
         f"{len(products)} catalog products, JPEG {sum(len(p.image) for p in products) / len(products) / 1024:.1f} KB mean"
     )
-    model = InProcess(model_dir, settings.threads_per_worker)
+    model = InProcess(model_dir, os.cpu_count() or 1)  # the model itself, with the whole machine
     ceiling = in_process(model, products, args)
-    served = endpoint(model_dir, model, products, env, args)
+    served = endpoint(model_dir, model, products, env, args, ceiling["best_batch"])
     top = max((lv for lv in served["levels"] if lv["endpoint"] == "/predict"), key=lambda lv: lv["concurrency"])
     paired = served["paired_single"]
+    around = top.get("ceiling_around")
     checks = targets(
-        ceiling["ceiling_products_per_s"],
+        (around["before"] + around["after"]) / 2 if around else ceiling["ceiling_products_per_s"],
         (top["concurrency"], top["products_per_s"]),
         paired["in_process"]["p50_ms"],
         paired["endpoint"]["p50_ms"],

@@ -146,7 +146,8 @@ def targets(
     bound = in_process_p50_ms + LATENCY_SLACK_MS
     return [
         {
-            "target": f"throughput at concurrency {concurrency} >= {THROUGHPUT_SHARE:g}x the in-process ceiling",
+            "target": f"throughput at concurrency {concurrency} >= {THROUGHPUT_SHARE:g}x the in-process ceiling "
+            "(measured right before and after the level)",
             "met": bool(share >= THROUGHPUT_SHARE),
             "figures": f"{got:.1f} products/s = {share:.2f}x of {ceiling_per_s:.1f}",
         },

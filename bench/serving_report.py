@@ -110,6 +110,16 @@ def _endpoint(ep: dict[str, Any], ceiling: float) -> list[str]:
             f"{lv['p50_ms']:.0f} | {lv['p95_ms']:.0f} | {lv['p99_ms']:.0f} | {lv['requests']} | "
             f"{sum(lv['errors'].values())} | {_batches(lv)} |"
         )
+    around = [lv for lv in ep["levels"] if lv.get("ceiling_around")]
+    for lv in around:
+        ar = lv["ceiling_around"]
+        mean = (ar["before"] + ar["after"]) / 2
+        lines += [
+            "",
+            f"The ceiling measured right around {_name(lv).replace(' | ', ' c=')} (in process, batch {ar['batch']}): "
+            f"{ar['before']:.1f} before, {ar['after']:.1f} after; the level reached "
+            f"**{lv['products_per_s'] / mean:.2f}x** of their mean {mean:.1f} (the throughput target's figure).",
+        ]
     lines += [
         "",
         "Where the time and the CPU go, per level:",

@@ -88,15 +88,16 @@ def free_port() -> int:
 
 
 def start_server(
-    model_dir: Path, scratch: Path, env: dict[str, str], checkout: Path = ROOT, ready_timeout_s: float = 300
+    model_dir: Path | None, scratch: Path, env: dict[str, str], checkout: Path = ROOT, ready_timeout_s: float = 300
 ) -> Server:
-    """Start the endpoint on `model_dir` and wait for /readyz; `env`: extra ATTRFLOW_* settings;
+    """Start the endpoint on `model_dir` (None: the registry's production version of
+    ATTRFLOW_MODEL_NAME, given in `env`) and wait for /readyz; `env`: extra ATTRFLOW_* settings;
     `checkout`: the folder whose serving/ (and components/) is served, this repository by default."""
     port = free_port()
     scratch.mkdir(parents=True, exist_ok=True)
     full_env = {
         **os.environ,
-        "ATTRFLOW_MODEL_DIR": str(model_dir),
+        **({"ATTRFLOW_MODEL_DIR": str(model_dir)} if model_dir is not None else {}),
         "ATTRFLOW_HOME": str(scratch / "home"),
         "BENTOML_HOME": str(scratch / "bentoml"),
         "HF_HUB_OFFLINE": "1",

@@ -259,3 +259,44 @@ def test_serving_bench_serialises_request_bodies_once():
     assert base64.b64decode(singles[3]["image"]) == bytes([3, 255, 0]) and singles[3]["title"] == "shirt 3"
     batches = [json.loads(b)["products"] for b in json_bodies(products, 4)]
     assert [[p["id"] for p in b] for b in batches] == [["0", "1", "2", "3"], ["4", "0", "1", "2"]]  # wraps round
+
+
+def test_closed_loop_scenario_windows_are_disjoint_and_shifted(fashion_dir, tmp_path, monkeypatch):
+    import io
+
+    from PIL import Image, ImageStat
+
+    from bench.loop_report import targets
+    from bench.loop_scenario import RARE_TYPES, build_scenario, new_camera, write_catalog
+
+    monkeypatch.setenv("ATTRFLOW_FASHION_DIR", str(fashion_dir))
+    scenario = build_scenario(tmp_path / "catalog", controls=2)
+    windows = [scenario.before_ids, *([p.id for p in w] for w in scenario.controls)]
+    windows += [[p.id for p in scenario.shift_a], [p.id for p in scenario.shift_b]]
+    ids = [i for w in windows for i in w]
+    assert len(ids) == len(set(ids))  # no product in two windows: control traffic is unseen
+    mix = scenario.describe()
+    assert mix["shift_a"]["winter_share"] == 1.0 and mix["shift_a"]["rare_types_share"] == 0.75
+    assert mix["before"]["rare_types_share"] < 0.1 and mix["before"]["winter_share"] < 0.3
+    assert all(abs(w["winter_share"] - mix["before"]["winter_share"]) < 0.1 for w in mix["control_windows"])
+
+    photo = scenario.shift_b[0].image
+    (r0, g0, b0), (r1, g1, b1) = (
+        ImageStat.Stat(Image.open(io.BytesIO(x)).convert("RGB")).mean for x in (photo, new_camera(photo))
+    )
+    assert r1 + g1 + b1 < 0.7 * (r0 + g0 + b0) and b1 / max(r1, 1) < b0 / max(r0, 1)  # darker, warmer
+
+    scenario.catalog_ids += [p.id for p in scenario.shift_b[:3]]
+    scenario.camera_ids |= {p.id for p in scenario.shift_b[:3]}
+    spec = write_catalog(scenario)
+    images = spec.parent / "images"
+    assert len(list(images.iterdir())) == len(scenario.before_ids) + 3
+    assert not (images / f"{scenario.shift_b[0].id}.jpg").is_symlink()  # the new camera's photo, written
+    assert (images / f"{scenario.before_ids[0]}.jpg").is_symlink()  # the others read in place
+    assert set(RARE_TYPES) <= set(scenario.frame["articleType"])
+
+    refused = {"version": 4, "stage": "candidate", "decision": "worse", "served_before": 3, "served_after": 3}
+    met = {t["target"]: t["met"] for t in targets({"target_minutes": 15.0, "weaker_challenger": refused})}
+    assert met == {"a weaker challenger is refused": True}
+    promoted = {**refused, "stage": "production", "served_after": 4}
+    assert not targets({"target_minutes": 15.0, "weaker_challenger": promoted})[0]["met"]
