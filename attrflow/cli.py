@@ -148,17 +148,33 @@ def evaluate_cmd(
 
 @app.command("predict")
 def predict_cmd(
-    model_dir: Annotated[Path, typer.Argument(help="A model folder written by `attrflow train`.")],
+    model_dir: Annotated[
+        Path | None,
+        typer.Argument(
+            help="A model folder written by `attrflow train` (with --id: default --model's production version)."
+        ),
+    ] = None,
     title: Annotated[str, typer.Option(help="Product title.")] = "",
     description: Annotated[str, typer.Option(help="Product description.")] = "",
     image: Annotated[Path | None, typer.Option(help="Path to the product image.")] = None,
+    ids: Annotated[
+        list[str] | None,
+        typer.Option("--id", help="A catalog product id, its features read from the feature store (repeatable)."),
+    ] = None,
+    model: Annotated[str, typer.Option(help="With --id and no MODEL_DIR: the registry model to use.")] = "demo",
     top_k: Annotated[int, typer.Option(help="Values to show per attribute.")] = 3,
     as_json: Annotated[bool, typer.Option("--json", help="Print the prediction as JSON.")] = False,
 ) -> None:
-    """Predict one product's attributes; `published` marks values above their saved threshold."""
+    """Predict one product's attributes; `published` marks values above their saved threshold.
+    With --id, products already in the catalog, as POST /predict_by_id does."""
     from components.inference.inputs import Product, decode_image
     from components.inference.predictor import Predictor
 
+    if ids:
+        _predict_ids(model_dir, model, ids, top_k, as_json)
+        return
+    if model_dir is None:
+        _fail("give a MODEL_DIR (or --id with a registry model)")
     try:
         product = Product(title=title, description=description)
         if image is not None:
@@ -171,12 +187,84 @@ def predict_cmd(
     if as_json:
         typer.echo(json.dumps(result))
         return
+    _print_attributes(result)
+
+
+def _print_attributes(result: dict) -> None:
     for name, attr in result["attributes"].items():
         shown = ", ".join(f"{v['value']} {v['score']:.2f}{' *' if v['published'] else ''}" for v in attr["values"])
         weights = attr.get("modality_weights")
         extra = f"   [text {weights['text']:.2f} / image {weights['image']:.2f}]" if weights else ""
         typer.echo(f"{name:>14}: {shown}{extra}")
     typer.echo("(* = confident enough to publish)")
+
+
+def _predict_ids(model_dir: Path | None, model: str, ids: list[str], top_k: int, as_json: bool) -> None:
+    """Catalog products by id: features from the online store, scored as the endpoint scores them."""
+    from components.inference.predictor import Predictor
+    from serving.by_id import OnlineScorer
+    from serving.schemas import ModelRef
+
+    version = None
+    if model_dir is None:
+        from components.registry import Registry
+
+        with Registry() as registry:
+            production = registry.get_production(model)
+        if production is None:
+            _fail(f"model {model!r} has no production version (see `attrflow models list`); or give a MODEL_DIR")
+        model_dir, version = production.artifact_dir, production.version
+    try:
+        results = OnlineScorer().score(Predictor(model_dir), ModelRef(name=model, version=version), ids, top_k)
+    except (ValueError, FileNotFoundError) as e:
+        _fail(str(e))
+    if as_json:
+        typer.echo(json.dumps([r.model_dump(mode="json") for r in results]))
+        return
+    for r in results:
+        if r.status != "ok":
+            typer.echo(f"{r.id}: {r.status}" + (f" ({r.error})" if r.error else ""))
+            continue
+        typer.echo(f"{r.id} (from the stored {'embeddings' if r.features == 'embeddings' else 'text and image'}):")
+        _print_attributes(r.model_dump(mode="json"))
+
+
+features_app = typer.Typer(no_args_is_help=True, help="The feature store (Feast, feature_repo/): products by id.")
+app.add_typer(features_app, name="features")
+
+
+@features_app.command("materialize")
+def features_materialize(
+    model: Annotated[
+        str | None,
+        typer.Option(help="First write this registry model's production embeddings (its training dataset version)."),
+    ] = None,
+) -> None:
+    """Bring the online store up to date with everything written since the last run."""
+    from flows.features import materialize_flow
+
+    result = materialize_flow(model)
+    typer.echo(f"materialized {', '.join(result['views']) or 'no feature views'} up to {result['end']}")
+
+
+@features_app.command("get")
+def features_get(
+    ids: Annotated[list[str], typer.Argument(help="Catalog product ids.")],
+    as_json: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False,
+) -> None:
+    """What the online store holds for products: text, image and labels (null: unknown id)."""
+    from feature_repo.store import online_features
+
+    rows = dict(zip(ids, online_features(ids), strict=True))
+    if as_json:
+        typer.echo(json.dumps(rows))
+        return
+    for product_id, row in rows.items():
+        if row is None:
+            typer.echo(f"{product_id}: not_found")
+            continue
+        typer.echo(f"{product_id} (dataset version {row['dataset_version']}): {row['title']!r}")
+        typer.echo(f"  image: {row['image_path'] or '(none)'}  labels: {json.dumps(row['labels'])}")
 
 
 @app.command("pipeline")
@@ -396,10 +484,14 @@ def demo(
     typer.echo(f"demo catalog: {n} products in {home / 'demo-catalog'}")
     configs = [str(c) for c in configs]
     result = pipeline_flow(str(spec_path), configs, model_name="demo")
+    from flows.features import materialize_flow
+
+    materialize_flow("demo")  # the production model's embeddings into the feature store: predict by id
     _print_candidates(result)
     if result.get("bento"):
         typer.echo(f"Bento: {result['bento']}")
     typer.echo("\nServe it: make serve   (or: attrflow serve demo; then see the README's curl call)")
+    typer.echo("By catalog id: attrflow predict --id P000001")
 
 
 if __name__ == "__main__":

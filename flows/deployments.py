@@ -1,6 +1,6 @@
 """Deployments: scheduled retraining (`pipeline`), hourly drift monitoring (`monitor`), retraining on
-drift (`retrain`, started by the `attrflow.drift.detected` event), on-demand `ingest` / `train` /
-`tune` / `evaluate` / `package`.
+drift (`retrain`, started by the `attrflow.drift.detected` event), the feature store's scheduled
+`materialize`, on-demand `ingest` / `train` / `tune` / `evaluate` / `package`.
 
     python -m flows.deployments            # serve them against PREFECT_API_URL (see `make ui`)
 
@@ -20,6 +20,7 @@ from prefect.deployments.runner import RunnerDeployment
 from prefect.events import DeploymentEventTrigger
 
 from flows.evaluate import evaluate_flow
+from flows.features import materialize_flow
 from flows.ingest import ingest_flow
 from flows.monitor import DRIFT_EVENT, model_resource_id, monitor_flow
 from flows.package import package_flow
@@ -30,6 +31,7 @@ from flows.tune import tune_flow
 
 DEFAULT_CRON = "0 3 * * 1"  # weekly: Mondays 03:00
 DEFAULT_MONITOR_CRON = "0 * * * *"  # hourly
+DEFAULT_MATERIALIZE_CRON = "*/15 * * * *"  # the online store at most 15 minutes behind the offline sources
 DEFAULT_COOLDOWN_HOURS = 6.0  # drift events within this long of a triggered retrain start no other
 
 
@@ -57,7 +59,8 @@ def build_deployments(
     cooldown_hours: float | None = None,
 ) -> list[RunnerDeployment]:
     """The deployments, with the retraining schedule from `cron` (or ATTRFLOW_RETRAIN_CRON), the
-    monitoring schedule from `monitor_cron` (ATTRFLOW_MONITOR_CRON) and the retrain-on-drift
+    monitoring schedule from `monitor_cron` (ATTRFLOW_MONITOR_CRON), the materialization schedule from
+    ATTRFLOW_MATERIALIZE_CRON (every 15 minutes) and the retrain-on-drift
     cooldown from `cooldown_hours` (ATTRFLOW_RETRAIN_COOLDOWN_HOURS). The model watched is
     `model_name` (ATTRFLOW_MODEL_NAME, default "demo")."""
     spec = spec or os.environ.get("ATTRFLOW_RETRAIN_SPEC", "configs/catalogs/fashion.yaml")
@@ -92,6 +95,13 @@ def build_deployments(
             parameters=params,
             description="Ingest the catalog, train, evaluate, register; promote if at least as good.",
             tags=["attrflow", "retrain"],
+        ),
+        materialize_flow.to_deployment(
+            "scheduled",
+            cron=os.environ.get("ATTRFLOW_MATERIALIZE_CRON", DEFAULT_MATERIALIZE_CRON),
+            parameters={"model_name": watched},
+            description="Feast: the production model's embeddings in the store, then offline -> online incrementally.",
+            tags=["attrflow", "features"],
         ),
         ingest_flow.to_deployment("on-demand", description="Ingest a catalog spec.", tags=["attrflow"]),
         train_flow.to_deployment("on-demand", description="Train a config on a dataset.", tags=["attrflow"]),

@@ -1,4 +1,4 @@
-"""Flow `ingest`: catalog spec -> validated, versioned dataset, registered."""
+"""Flow `ingest`: catalog spec -> validated, versioned dataset, registered, its features in Feast."""
 
 from __future__ import annotations
 
@@ -23,10 +23,15 @@ def register_dataset(result: IngestResult) -> None:
 
 
 @flow(name="ingest", log_prints=True)
-def ingest_flow(spec: str, source: str | None = None) -> dict:
-    """Validate a catalog (every row accepted or quarantined), write and register the dataset version."""
+def ingest_flow(spec: str, source: str | None = None, features: bool = True) -> dict:
+    """Validate a catalog (every row accepted or quarantined), write and register the dataset version,
+    and (unless `features=False`) write its features to Feast and materialize them (flows/features.py)."""
     result = ingest_catalog(spec, source)
     register_dataset(result)
+    if features:
+        from flows.features import write_product_features  # imports Feast (seconds) only when used
+
+        write_product_features(str(result.dataset_dir))
     reasons = "\n".join(f"| {r} | {n} |" for r, n in result.reasons.items()) or "| (none) | 0 |"
     create_markdown_artifact(
         f"# Dataset {result.name} {result.version}\n\n"

@@ -7,6 +7,8 @@
     POST /predict        one product: JSON {id?, title?, description?, image?} with the image as
                          base64, or multipart/form-data with the image as a file upload
     POST /predict_batch  {"products": [...]}: up to ATTRFLOW_MAX_BATCH products (JSON)
+    POST /predict_by_id  {"ids": [...]}: catalog products by id, features from Feast's online store
+                         (serving/by_id.py; unknown ids come back as `not_found`)
     GET  /model          the model served: name, version, fusion, metrics, when it was promoted
     POST /reload         check the registry now and swap to its production version
     GET  /livez /readyz /metrics   BentoML's health checks and Prometheus metrics
@@ -55,7 +57,7 @@ from functools import lru_cache
 from http import HTTPStatus
 from pathlib import Path
 from types import SimpleNamespace
-from typing import Any
+from typing import Annotated, Any
 from uuid import uuid4
 
 import aiohttp
@@ -65,6 +67,7 @@ import numpy as np
 from bentoml.exceptions import BentoMLException, ServiceUnavailable
 from fastapi import FastAPI
 from PIL import Image
+from pydantic import Field
 from starlette.responses import JSONResponse
 
 from components.inference.inputs import InvalidProduct, Product, decode_image
@@ -72,6 +75,7 @@ from components.inference.prediction_log import PredictionLogWriter, input_summa
 from components.settings import get_settings
 from serving.auth import BearerAuth
 from serving.batching import NaturalBatcher
+from serving.by_id import ByIdResponse, IdPrediction, OnlineScorer
 from serving.holder import ModelHolder, NoModel, Target
 from serving.schemas import (
     BatchInput,
@@ -85,6 +89,7 @@ from serving.schemas import (
     RequestProblem,
     ScoreItem,
     ScoreResult,
+    Text,
     serving_settings,
 )
 
@@ -146,6 +151,7 @@ class Scorer:
         self.holder.start()  # loads and warms up the model (or logs why not), then polls the registry
         # Concurrent calls are scored together, one forward pass at a time (serving/batching.py).
         self.batcher = NaturalBatcher(self.holder.score, SETTINGS.batch_max_size, self.metrics.batch_products.observe)
+        self.online = OnlineScorer()  # /predict_by_id: the feature store, opened on first use
 
     def __is_ready__(self) -> bool:
         return self.holder.current is not None
@@ -156,6 +162,15 @@ class Scorer:
             return await self.batcher(items)
         except NoModel as e:
             raise ServiceUnavailable(str(e)) from None
+
+    @bentoml.api
+    async def score_ids(self, ids: list[str]) -> list[IdPrediction]:
+        """Products by catalog id, their features from the online store (serving/by_id.py)."""
+        model = self.holder.current  # read once: a swap during this call does not affect it
+        if model is None:
+            raise ServiceUnavailable(self.holder.last_error or "no model loaded")
+        ref = ModelRef(name=model.info.name, version=model.info.version)
+        return await anyio.to_thread.run_sync(self.online.score, model.predictor, ref, ids, self.holder.settings.top_k)
 
     @bentoml.api
     async def info(self) -> ModelInfo:
@@ -258,6 +273,27 @@ class AttributeService:
             return served  # type: ignore[return-value]
         request_id, predictions = served
         return BatchResponse(request_id=request_id, predictions=predictions)
+
+    @bentoml.api(route="/predict_by_id")
+    async def predict_by_id(
+        self,
+        ids: Annotated[
+            list[Annotated[Text, Field(max_length=256)]], Field(min_length=1, max_length=SETTINGS.max_batch)
+        ],
+    ) -> ByIdResponse:
+        """Attributes of catalog products by id (`{"ids": [...]}`, up to ATTRFLOW_MAX_BATCH): their
+        features come from Feast's online store, scored from the stored embeddings when the model's
+        encoders match them, else from the stored text and image. Unknown ids: `status: not_found`."""
+        try:
+            predictions = await self.scorer.to_async.score_ids(ids)
+        except BentoMLException as e:
+            if e.error_code == HTTPStatus.SERVICE_UNAVAILABLE:
+                return _unavailable("the scorer has no model loaded or is overloaded")  # type: ignore[return-value]
+            raise
+        except aiohttp.ClientConnectionError:
+            return _unavailable("the scorer cannot be reached")  # type: ignore[return-value]
+        self.metrics.products.labels("predict_by_id").inc(len(ids))
+        return ByIdResponse(request_id=uuid4().hex, predictions=predictions)
 
     @bentoml.api(route="/reload")
     async def reload(self) -> ReloadResponse:

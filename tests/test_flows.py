@@ -183,7 +183,8 @@ def test_default_schedule_is_weekly(monkeypatch):
     from flows.deployments import DEFAULT_CRON, build_deployments
 
     monkeypatch.delenv("ATTRFLOW_RETRAIN_CRON", raising=False)
-    pipeline = build_deployments()[0]
+    by_name = {(d.flow_name, d.name): d for d in build_deployments()}
+    pipeline = by_name[("pipeline", "scheduled-retrain")]
     assert [s.schedule.cron for s in pipeline.schedules] == [DEFAULT_CRON]
     assert DEFAULT_CRON.split()[2:] == ["*", "*", "1"]  # once a week
     assert json.dumps(pipeline.parameters)  # parameters are plain JSON
