@@ -27,7 +27,8 @@ from bench.serving_model import BenchProduct, catalog_frame
 
 BEFORE_N = 2_000
 CONTROL_N = 300
-SHIFT_A_N = 400
+SHIFT_A_N = 800  # 600 of the 691 winter products of RARE_TYPES
+TEST_SHARE = 0.2  # of each new product batch: the champion/challenger decision is made on the test split
 SEASON = "Winter"
 RARE_TYPES = ["Flats", "Nightdress", "Bra", "Earrings", "Clutches"]
 SEED = 0
@@ -126,6 +127,9 @@ def write_catalog(scenario: Scenario) -> Path:
     spec = yaml.safe_load(SPEC.read_text())
     # the linked photos resolve into the shared catalog: a trusted image root
     spec.update({"name": "fashion-loop", "source": "styles.csv", "image_roots": [str(scenario.images.resolve())]})
+    # A larger held-out share than the quality benchmark's: the paired interval of champion and
+    # challenger narrows with the test split (splits stick across versions: components/catalog/ingest.py).
+    spec["split"] = {**spec["split"], "test": TEST_SHARE}
     spec_path = folder / "spec.yaml"
     spec_path.write_text(yaml.safe_dump(spec, sort_keys=False))
     return spec_path

@@ -40,10 +40,22 @@ def evaluate_on(model_dir: str, dataset_dir: str, split: str, out_dir: str) -> d
 
 @task
 def compare_on(
-    model_dir: str, production_dir: str, dataset_dir: str, split: str, metric: str, margin: float
+    model_dir: str, production_dir: str, dataset_dir: str, split: str, metric: str, margin: float, seen: list[str]
 ) -> Comparison:
-    """Challenger vs champion on the same products, with the paired bootstrap interval."""
-    return compare_models(model_dir, production_dir, load_dataset(dataset_dir), split, metric, margin)
+    """Challenger vs champion on the same products (none of `seen`, the champion's training products),
+    with the paired bootstrap interval."""
+    return compare_models(
+        model_dir, production_dir, load_dataset(dataset_dir), split, metric, margin, exclude=set(seen)
+    )
+
+
+def trained_on(registry: Registry, model_name: str, version: int) -> list[str]:
+    """Ids of the products a version trained and validated on (empty when its dataset is unknown or gone)."""
+    record = registry.dataset_of_version(model_name, version)
+    if record is None or not (Path(record.path) / "manifest.json").is_file():
+        return []
+    items = load_dataset(record.path).items
+    return items.loc[items["split"].isin(["train", "validation"]), "id"].astype(str).tolist()
 
 
 @task(retries=3, retry_delay_seconds=1, retry_condition_fn=retry_on_io_error)
@@ -82,7 +94,15 @@ def register_flow(
             )
             prod_metrics = evaluate_on(production.artifact_dir, dataset_dir, split, str(out))
         comparison = (
-            compare_on(model_dir, str(production.artifact_dir), dataset_dir, split, primary_metric, margin)
+            compare_on(
+                model_dir,
+                str(production.artifact_dir),
+                dataset_dir,
+                split,
+                primary_metric,
+                margin,
+                trained_on(registry, model_name, production.version),
+            )
             if production
             else None
         )

@@ -71,3 +71,15 @@ def test_the_same_model_is_not_worse_than_itself(models):
     assert same.interval == (0.0, 0.0) and same.promote  # a tie passes: not worse beyond noise
     with pytest.raises(ValueError, match="unknown metric"):
         compare_models(dirs["good"], dirs["good"], ds, metric="accuracy")
+
+
+def test_products_the_production_model_trained_on_are_left_out(models):
+    ds, dirs = models
+    test_ids = ds.split("test")["id"].astype(str).tolist()
+    part = compare_models(dirs["good"], dirs["weak"], ds, resamples=50, exclude=set(test_ids[: len(test_ids) // 2]))
+    assert part.excluded == len(test_ids) // 2 and part.products == len(test_ids) - part.excluded
+    assert "left out (the production model trained on them)" in part.describe()
+    full = compare_models(dirs["good"], dirs["weak"], ds, resamples=50)
+    assert full.excluded == 0 and full.candidate != part.candidate  # scored on other products
+    with pytest.raises(ValueError, match="nothing to compare on"):
+        compare_models(dirs["good"], dirs["weak"], ds, resamples=10, exclude=set(test_ids))

@@ -155,3 +155,29 @@ def test_demo_without_configs_fails_with_what_to_do(tmp_path, monkeypatch):
     assert "--configs" in out.output and "checkout" in out.output
     out = CliRunner().invoke(cli.app, ["demo", "--configs", str(checkout_configs), "--fusions", "nope"])
     assert out.exit_code == 2 and "nope.yaml" in out.output
+
+
+def test_a_product_keeps_its_split_in_the_next_dataset_version(tmp_path):
+    """A catalog that grows: the earlier products keep their splits (no product a model trained on
+    moves into a later test split), the new ones are assigned among themselves, stratified."""
+    spec_path = write_demo_catalog(tmp_path / "catalog", n=300, seed=5, defects=False)
+    spec = load_spec(spec_path)
+    home = tmp_path / "home"
+    first = load_dataset(ingest(spec, home=home).dataset_dir)
+    assert first.manifest["splits_kept_from"] is None
+    frame = pd.read_csv(spec.source)
+    extra = frame.sample(n=120, random_state=1).assign(id=lambda f: "new-" + f["id"].astype(str))
+    pd.concat([frame, extra]).to_csv(spec.source, index=False)
+    second = load_dataset(ingest(spec, home=home).dataset_dir)
+    assert second.version != first.version and second.manifest["splits_kept_from"] == first.version
+    before = first.items.set_index("id")["split"]
+    after = second.items.set_index("id")["split"]
+    assert (after.loc[before.index] == before).all()
+    new = after[after.index.str.startswith("new-")]
+    assert len(new) == 120 and set(new) == {"train", "validation", "test"}
+    assert (new == "test").sum() == pytest.approx(spec.split.test * 120, abs=4)  # iterative stratification: about
+    # another split setting is a fresh assignment, not the earlier one
+    changed = spec.model_copy(update={"split": SplitSpec(seed=3, validation=0.2, test=0.2)})
+    third = load_dataset(ingest(changed, home=home).dataset_dir)
+    assert third.manifest["splits_kept_from"] is None
+    assert (third.items["split"] == "test").mean() == pytest.approx(0.2, abs=0.01)

@@ -4,7 +4,8 @@ Output, under `ATTRFLOW_HOME/datasets/<name>/<version>/`:
 
 - `items.parquet`      accepted products: id, title, description, image_path,
                        image_sha256, one column per attribute (str, list[str] or null)
-- `splits.parquet`     id -> train | validation | test
+- `splits.parquet`     id -> train | validation | test (a product keeps its split from the
+                       newest earlier version; only new products are assigned)
 - `vocab.json`         per attribute: kind and the ordered list of values
 - `quarantine.csv`     row, id, reason, detail for every rejected row
 - `manifest.json`      source, content hash, counts, reasons, the spec
@@ -138,13 +139,13 @@ def ingest(
 
     items = _items_frame(accepted, spec.attributes)
     vocab = _vocabularies(items, spec.attributes)
-    split = assign_splits(items[[a.name for a in spec.attributes]], spec.attributes, spec.split)
+    home = home or get_settings().home
+    split, kept_from = _assign_splits(items, spec, home / "datasets" / spec.name)
     version = _content_version(spec, items)
     reasons = dict(sorted(Counter(q["reason"] for q in quarantine.rows).items()))
     splits = {s: int((split == s).sum()) for s in SPLITS}
     assert n_rows == len(items) + len(quarantine.rows), "every row is accepted or quarantined"
 
-    home = home or get_settings().home
     if n_rows == 0 or len(items) < spec.min_accepted_share * n_rows:
         _reject(spec, n_rows, len(items), quarantine, home / "datasets" / spec.name)
     dataset_dir = (home / "datasets" / spec.name / version).resolve()
@@ -165,6 +166,7 @@ def ingest(
                 "with_text": int(((items["title"] != "") | (items["description"] != "")).sum()),
                 "splits": splits,
             },
+            "splits_kept_from": kept_from,
             "reasons": reasons,
             "attributes": {
                 a.name: {
@@ -189,6 +191,38 @@ def ingest(
         reused=reused,
         seconds=round(time.perf_counter() - start, 2),
     )
+
+
+def _assign_splits(items: pd.DataFrame, spec: CatalogSpec, name_dir: Path) -> tuple[Any, str | None]:
+    """The products' splits, and the earlier version they were kept from (None: all assigned now).
+
+    Splits are sticky across versions of a dataset: a product of the newest earlier version (with
+    the same split settings) keeps its split there, and only new products are assigned, stratified
+    among themselves. So a product a production model trained on never lands in a later version's
+    test split, where the challenger is compared with it (flows/register.py)."""
+    labels = items[[a.name for a in spec.attributes]]
+    previous = _previous_version(name_dir, spec)
+    if previous is None:
+        return assign_splits(labels, spec.attributes, spec.split), None
+    earlier = pd.read_parquet(previous / "splits.parquet").set_index("id")["split"]
+    out = items["id"].map(earlier).to_numpy(dtype=object)
+    new = pd.isna(out)
+    if new.any():
+        out[new] = assign_splits(labels[new].reset_index(drop=True), spec.attributes, spec.split)
+    return out, previous.name
+
+
+def _previous_version(name_dir: Path, spec: CatalogSpec) -> Path | None:
+    """The newest version of this dataset written so far with the same split settings, if any."""
+    found = []
+    for manifest_path in name_dir.glob("*/manifest.json"):
+        try:
+            manifest = json.loads(manifest_path.read_text())
+        except (OSError, ValueError):
+            continue  # a folder being written or damaged: not a version to keep splits from
+        if manifest.get("spec", {}).get("split") == spec.split.model_dump(mode="json"):
+            found.append((manifest.get("created_at", ""), manifest_path.stat().st_mtime, manifest_path.parent))
+    return max(found)[2] if found else None
 
 
 def _reject(spec: CatalogSpec, n_rows: int, n_accepted: int, quarantine: _Quarantine, name_dir: Path) -> None:

@@ -7,6 +7,11 @@ lower end of the interval of (challenger - champion) lies above `-margin`: a dif
 set cannot tell from noise does not block it, a real loss does.
 
     cmp = compare_models(challenger_dir, champion_dir, dataset)   # split "test", r_at_p95_mean
+    cmp = compare_models(..., exclude=champion_training_ids)        # only products neither model saw
+
+Ingestion keeps a product's split across dataset versions (components/catalog/ingest.py), so the
+newest test split holds no product the champion trained on; `exclude` makes sure of it when the
+champion came from another dataset.
     cmp.promote, cmp.interval, cmp.describe()
 """
 
@@ -35,6 +40,7 @@ class Comparison(BaseModel):
     dataset: str  # name and version
     split: str
     products: int
+    excluded: int = 0  # products of the split left out: the production model trained on them
     candidate: float
     production: float
     interval: tuple[float, float]  # of candidate - production, at `confidence`
@@ -50,8 +56,9 @@ class Comparison(BaseModel):
     def describe(self) -> str:
         low, high = self.interval
         verdict = "not worse beyond noise" if self.promote else "worse beyond noise"
+        left_out = f", {self.excluded} left out (the production model trained on them)" if self.excluded else ""
         return (
-            f"{self.metric} on {self.dataset} {self.split} ({self.products} products): candidate {self.candidate:.4f}, "
+            f"{self.metric} on {self.dataset} {self.split} ({self.products} products{left_out}): candidate {self.candidate:.4f}, "
             f"production {self.production:.4f}, difference {self.difference:+.4f}, {self.confidence:.0%} paired "
             f"bootstrap interval [{low:+.4f}, {high:+.4f}] ({self.resamples} resamples); lower bound "
             f"{'>' if self.promote else '<='} -{self.margin:g}: {verdict}"
@@ -110,21 +117,29 @@ def compare_models(
     resamples: int = 1000,
     confidence: float = 0.95,
     seed: int = 0,
+    exclude: set[str] | None = None,
 ) -> Comparison:
-    """Score both models on `split` of `dataset` and decide by the paired bootstrap interval."""
+    """Score both models on `split` of `dataset` and decide by the paired bootstrap interval, on
+    the split's products not in `exclude` (e.g. those the production model trained on)."""
     if metric not in METRICS:
         raise ValueError(f"unknown metric {metric!r} for a comparison; use one of {', '.join(METRICS)}")
     if margin < 0:
         raise ValueError(f"margin must be >= 0 (a tolerated loss), got {margin}")
     per_attribute = metric.removesuffix("_mean")
     cand, prod = _scores(candidate_dir, dataset, split), _scores(production_dir, dataset, split)
-    n = len(dataset.split(split))
-    everything = np.arange(n)
-    cand_score, prod_score = (_mean_metric(*s, per_attribute, everything) for s in (cand, prod))
+    ids = dataset.split(split)["id"].astype(str)
+    kept = np.flatnonzero(~ids.isin(exclude or set()).to_numpy())
+    n = len(kept)
+    if n == 0:
+        raise ValueError(
+            f"{dataset.name} {dataset.version} {split}: every product is one the production model trained on; "
+            "nothing to compare on"
+        )
+    cand_score, prod_score = (_mean_metric(*s, per_attribute, kept) for s in (cand, prod))
     rng = np.random.default_rng(seed)
     diffs = np.empty(resamples)
     for r in range(resamples):
-        rows = rng.integers(0, n, n)  # one resample of the products for both models: a paired difference
+        rows = kept[rng.integers(0, n, n)]  # one resample of the products for both models: a paired difference
         diffs[r] = _mean_metric(*cand, per_attribute, rows) - _mean_metric(*prod, per_attribute, rows)
     tail = 100 * (1 - confidence) / 2
     low, high = (float(x) for x in np.nanpercentile(diffs, [tail, 100 - tail]))
@@ -133,6 +148,7 @@ def compare_models(
         dataset=f"{dataset.name} {dataset.version}",
         split=split,
         products=n,
+        excluded=len(ids) - n,
         candidate=cand_score,
         production=prod_score,
         interval=(low, high),
