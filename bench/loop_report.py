@@ -38,11 +38,12 @@ def targets(r: dict[str, Any]) -> list[dict[str, Any]]:
         figures = f"{seconds / 60:.1f} min" if seconds is not None else "no retrain"
         figures += f" (v{shift.get('served_before')} -> v{shift.get('served_after')})"
         if not promoted:
-            figures += ", the challenger was refused: retrain end taken as the end"
+            figures += ": the rule refused the challenger, no new version to serve (time to the retrain's end)"
         out.append(
             {
                 "target": f"{name}: monitor run -> endpoint serving the new production version < {r['target_minutes']:.0f} min",
-                "met": seconds is not None and seconds < r["target_minutes"] * 60 and promoted,
+                # None: not applicable; a refused challenger is the rule working, not a slow loop
+                "met": (seconds is not None and seconds < r["target_minutes"] * 60) if promoted else None,
                 "figures": figures,
             }
         )
@@ -65,6 +66,10 @@ def _fired(shift: dict[str, Any]) -> str:
     return ", ".join(f"{c['name']} ({c['score']:.3g} vs {c['threshold']:.3g})" for c in fired[:12]) + (
         f" and {len(fired) - 12} more" if len(fired) > 12 else ""
     )
+
+
+def _verdict(met: bool | None) -> str:
+    return "n/a" if met is None else "MET" if met else "NOT MET"
 
 
 def markdown(r: dict[str, Any]) -> str:
@@ -94,7 +99,7 @@ def markdown(r: dict[str, Any]) -> str:
         "",
         "| target | figures | |",
         "|---|---|---|",
-        *[f"| {t['target']} | {t['figures']} | {'MET' if t['met'] else 'NOT MET'} |" for t in r["targets"]],
+        *[f"| {t['target']} | {t['figures']} | {_verdict(t['met'])} |" for t in r["targets"]],
         "",
     ]
     if r.get("before"):
