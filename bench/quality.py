@@ -47,7 +47,6 @@ from bench.colour_hidden import colour_hidden_dataset  # noqa: E402
 from bench.common import ATTRIBUTES, RESULTS, SPEC, log  # noqa: E402
 from bench.ensemble import ensemble_row  # noqa: E402
 from bench.lanes import lane_jobs, run_lanes  # noqa: E402
-from bench.malloc import keep_freed_memory  # noqa: E402
 from bench.plots import plot_pr, plot_weights_of  # noqa: E402
 from bench.register import export_best, register_best  # noqa: E402
 from bench.report import environment, write_report  # noqa: E402
@@ -60,6 +59,7 @@ from bench.training import attrflow_row  # noqa: E402
 from components.catalog import ingest, load_dataset, load_spec  # noqa: E402
 from components.catalog.dataset import Dataset  # noqa: E402
 from components.features.preprocess import encode_labels  # noqa: E402
+from components.memory import keep_freed_memory  # noqa: E402
 from components.settings import get_settings  # noqa: E402
 
 

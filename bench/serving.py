@@ -47,6 +47,7 @@ sys.path.insert(0, str(ROOT))  # the repository first: `bench` and `serving` are
 import httpx  # noqa: E402
 
 from bench.common import RESULTS, log  # noqa: E402
+from bench.serving_by_id import full_catalog, online_read, prepare_store  # noqa: E402
 from bench.serving_load import closed_loop, histogram, histogram_delta, latency_summary, targets, total  # noqa: E402
 from bench.serving_model import BenchProduct, find_model, load_products  # noqa: E402
 from bench.serving_report import environment, write_report  # noqa: E402
@@ -55,6 +56,8 @@ from bench.serving_server import Server, busy_cpu_seconds, start_server  # noqa:
 DURATION = "bentoml_service_request_duration_seconds"  # per service and endpoint, as BentoML sees them
 DURATIONS = {"front /predict": ("attrflow", "/predict"), "front /predict_batch": ("attrflow", "/predict_batch")}
 DURATIONS["scorer /score"] = ("attrflow_scorer", "/score")
+DURATIONS["front /predict_by_id"] = ("attrflow", "/predict_by_id")
+DURATIONS["scorer /score_ids"] = ("attrflow_scorer", "/score_ids")
 PRODUCTS_HIST = ("attrflow_scorer_batch_products", {})  # products per forward pass of the model
 
 
@@ -76,6 +79,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     ap.add_argument("--paired-per-block", type=int, default=15, help="calls per block, in process and over HTTP")
     ap.add_argument(
         "--no-after-load", dest="after_load", action="store_false", help="skip concurrency 1 again at the end"
+    )
+    ap.add_argument("--by-id-levels", type=ints, default=[1, 16], help="/predict_by_id concurrencies, one id each")
+    ap.add_argument("--by-id-batch-levels", type=ints, default=[1, 2], help="/predict_by_id concurrencies, 64 ids each")
+    ap.add_argument("--no-by-id", dest="by_id", action="store_false", help="skip /predict_by_id (Feast)")
+    ap.add_argument(
+        "--no-full-catalog", dest="full_catalog", action="store_false", help="skip materializing the whole catalog"
     )
     ap.add_argument("--env", action="append", default=[], metavar="ATTRFLOW_X=V", help="a server setting (repeat)")
     ap.add_argument("--serve-from", type=Path, default=ROOT, help="serve this checkout's serving/ (e.g. a branch)")
@@ -105,8 +114,11 @@ class InProcess:
         import torch
 
         from components.inference.predictor import Predictor
+        from components.memory import keep_freed_memory
 
         torch.set_num_threads(threads)
+        if os.environ.get("ATTRFLOW_KEEP_FREED_MEMORY", "true").lower() not in ("0", "false", "no"):
+            keep_freed_memory()  # as the scorer does (serving/settings.py): the same allocator
         self.threads = threads
         self.predictor = Predictor(model_dir)
         self.predictor.warmup()
@@ -265,6 +277,19 @@ def measure_level(
     return result
 
 
+def by_id_warmup(server: Server, ids: list[str]) -> dict[str, int]:
+    """One untimed /predict_by_id (the scorer opens the feature store on first use); how many
+    products each path scored (`embeddings`: stored vectors, `text_image`: stored raw features)."""
+    response = httpx.post(f"{server.url}/predict_by_id", json={"ids": ids}, timeout=300)
+    response.raise_for_status()
+    paths: dict[str, int] = {}
+    for p in response.json()["predictions"]:
+        key = p.get("features") or p["status"]
+        paths[key] = paths.get(key, 0) + 1
+    log(f"/predict_by_id warm-up: {paths}")
+    return paths
+
+
 def server_durations(before: str, after: str) -> dict[str, float]:
     """Mean time (ms) a request spent in the front and a call in the scorer over a level, as
     BentoML measures them (the scorer's includes the batching queue)."""
@@ -288,7 +313,15 @@ def endpoint(
     """Start the server, warm it up, time single products against the model in process, run every level, stop it."""
     singles = json_bodies(products, None)
     batches = json_bodies(products, args.batch_products)
+    ids = [p.id for p in products]
+    by_id_singles = [json.dumps({"ids": [i]}).encode() for i in ids]
+    by_id_batches = [
+        json.dumps({"ids": [ids[(s + k) % len(ids)] for k in range(args.batch_products)]}).encode()
+        for s in range(0, len(ids), args.batch_products)
+    ]
     with tempfile.TemporaryDirectory(prefix="attrflow-bench-serving-") as scratch:
+        home = Path(scratch) / "home"  # the server's ATTRFLOW_HOME (bench/serving_server.py)
+        store = prepare_store(home, model_dir, products) if args.by_id else None
         server = start_server(model_dir, Path(scratch), env, args.serve_from)
         try:
             log(f"server ready in {server.cold_start_s:.1f} s ({server.url}), RSS {server.rss_mb():.0f} MB")
@@ -311,13 +344,25 @@ def endpoint(
                 measure_level(server, "/predict_batch", batches, c, args.batch_products, args)
                 for c in args.batch_levels
             ]
+            if args.by_id:  # the same products by id: features from the online store, no encoder
+                store["paths"] = by_id_warmup(server, ids[: args.batch_products])
+                levels += [
+                    measure_level(server, "/predict_by_id", by_id_singles, c, 1, args) for c in args.by_id_levels
+                ]
+                levels += [
+                    measure_level(server, "/predict_by_id", by_id_batches, c, args.batch_products, args)
+                    for c in args.by_id_batch_levels
+                ]
             if args.after_load:  # one client again: is a lone request still served at once after load?
                 levels.append({**measure_level(server, "/predict", singles, 1, 1, args), "after_load": True})
             metrics = server.metrics()
         finally:
             server.stop()
         server_log = server.log_path.read_text(errors="replace")
+        if args.by_id:
+            store["online_read"] = online_read(home, model_dir, ids)
     return {
+        "feature_store": store,
         "cold_start_s": server.cold_start_s,
         "paired_single": paired,
         "idle_rss_mb": idle_rss,
@@ -354,10 +399,34 @@ def main(argv: list[str] | None = None) -> int:
         paired["in_process"]["p50_ms"],
         paired["endpoint"]["p50_ms"],
     )
+    by_id = [lv for lv in served["levels"] if lv["endpoint"] == "/predict_by_id"]
+    raw = [lv for lv in served["levels"] if lv["endpoint"] in ("/predict", "/predict_batch")]
+    if by_id:  # Feast: the embedding path against the raw path, each at its best level
+        best_id = max(by_id, key=lambda lv: lv["products_per_s"])
+        best_raw = max(raw, key=lambda lv: lv["products_per_s"])
+        ratio = best_id["products_per_s"] / best_raw["products_per_s"]
+        checks.append(
+            {
+                "target": "/predict_by_id (stored embeddings) >= 10x the raw path's throughput",
+                "figures": (
+                    f"{best_id['products_per_s']:.0f} products/s ({best_id['products_per_request']} ids/request, "
+                    f"c={best_id['concurrency']}) vs {best_raw['products_per_s']:.0f} ({best_raw['endpoint']}, "
+                    f"c={best_raw['concurrency']}): {ratio:.1f}x"
+                ),
+                "met": ratio >= 10,
+            }
+        )
+    if args.by_id and args.full_catalog:
+        served["full_catalog"] = full_catalog()
     results = {
         "environment": environment(),
         "model": {"dir": str(model_dir), "source": model_source},
-        "settings": {**env, "threads_per_worker": settings.threads_per_worker, "workers": settings.workers},
+        "settings": {
+            **env,
+            "threads_per_worker": settings.threads_per_worker,
+            "workers": settings.workers,
+            "keep_freed_memory": settings.keep_freed_memory,
+        },
         "args": {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()},
         "products": {"n": len(products), "mean_jpeg_bytes": sum(len(p.image) for p in products) / len(products)},
         "in_process": ceiling,

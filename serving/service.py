@@ -23,7 +23,7 @@ Why two services. The front validates each request and calls `await self.scorer.
 (`bentoml.depends`); the scorer scores concurrent calls together (serving/batching.py: while one
 forward pass runs, the calls that arrive queue up, and the next pass takes them all, up to
 ATTRFLOW_BATCH_MAX_SIZE products; a lone request is never held). /predict_batch sends its
-products as one call, cut into passes of at most that size. Under `bentoml serve` the two run as separate processes
+products as concurrent calls of at most that size (several scorer workers share them). Under `bentoml serve` the two run as separate processes
 (ATTRFLOW_API_WORKERS and ATTRFLOW_WORKERS of them) talking over a local socket with pickled
 payloads, so the work is split to keep the scorer, the bottleneck, doing nothing but scoring:
 
@@ -72,6 +72,7 @@ from starlette.responses import JSONResponse
 
 from components.inference.inputs import InvalidProduct, Product, decode_image
 from components.inference.prediction_log import PredictionLogWriter, input_summary, log_row
+from components.memory import keep_freed_memory
 from components.settings import get_settings
 from serving.auth import BearerAuth
 from serving.batching import NaturalBatcher
@@ -141,6 +142,8 @@ class Scorer:
         import torch
 
         torch.set_num_threads(SETTINGS.threads_per_worker)
+        if SETTINGS.keep_freed_memory:  # ~1.5x products/s on CPU: no fresh zeroed pages per forward pass
+            keep_freed_memory()
         self.metrics = service_metrics()
         self.holder = ModelHolder(
             SETTINGS,
@@ -352,8 +355,20 @@ class AttributeService:
         return request_id, predictions
 
     async def _score(self, items: list[ScoreItem], attempts: int = 3) -> list[ScoreResult]:
-        """The scorer's `score`, tried again when the connection drops before the answer (a scorer
-        worker restarting; scoring has no side effects, so a retry is safe)."""
+        """The scorer's `score`. More products than one forward pass takes go as concurrent calls of
+        a pass each: one call holds one connection, which stays with one scorer worker, so a large
+        /predict_batch on one call would leave the other workers idle (make bench-serving)."""
+        size = SETTINGS.batch_max_size
+        if len(items) <= size:
+            return await self._score_call(items, attempts)
+        parts = await asyncio.gather(
+            *(self._score_call(items[i : i + size], attempts) for i in range(0, len(items), size))
+        )
+        return [result for part in parts for result in part]
+
+    async def _score_call(self, items: list[ScoreItem], attempts: int) -> list[ScoreResult]:
+        """One call, tried again when the connection drops before the answer (a scorer worker
+        restarting; scoring has no side effects, so a retry is safe)."""
         for attempt in range(attempts):
             try:
                 return await self.scorer.to_async.score(items)

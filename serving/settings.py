@@ -54,9 +54,17 @@ class ServingSettings(BaseSettings):
     batch_max_size: int = Field(16, ge=1)
 
     # --- processes and threads ---------------------------------------------------------------
-    workers: int = Field(1, ge=1)  # scorer processes, each with its own copy of the model
+    # Scorer processes, each with its own copy of the model. One process tops out at ~1.3 cores
+    # (its event loop and the GIL around the forward passes), so two on a 2-core machine reach
+    # 0.9x the in-process ceiling at concurrency 64 where one reaches 0.65x, for ~1.1 GB more
+    # memory (make bench-serving, docs/results.md). POST /reload reaches one worker; the others
+    # follow at their next registry poll.
+    workers: int = Field(default_factory=lambda: min(2, available_cores()), ge=1)
     api_workers: int = Field(1, ge=1)  # front processes (validation, image decoding, the prediction log)
     torch_threads: int | None = Field(None, ge=1)  # per scorer worker; default: cores // workers
+    # glibc keeps freed memory in each scorer (components/memory.py): ~1.5x faster forward passes
+    # on CPU, for the scorer's peak memory staying resident.
+    keep_freed_memory: bool = True
     timeout_seconds: float = Field(60.0, gt=0)  # per request
 
     # --- prediction log ----------------------------------------------------------------------

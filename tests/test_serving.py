@@ -347,6 +347,7 @@ def server(world):
         "ATTRFLOW_MODEL_NAME": MODEL,
         "ATTRFLOW_API_KEY": KEY,
         "ATTRFLOW_POLL_SECONDS": "1",
+        "ATTRFLOW_WORKERS": "1",  # /reload swaps at once only in the worker it reaches: these tests use it
         "ATTRFLOW_LOG_FLUSH_SECONDS": "0.3",
         **{f"ATTRFLOW_{k}": v for k, v in LIMITS.items()},
         "HF_HUB_OFFLINE": "1",
