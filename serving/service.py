@@ -126,6 +126,9 @@ def service_metrics() -> SimpleNamespace:
 # --- the scorer ---------------------------------------------------------------------------------
 
 
+BY_ID_CALL = 32  # ids per scorer call of /predict_by_id (no encoder runs: larger calls gain little)
+
+
 @bentoml.service(
     name="attrflow_scorer",
     workers=SETTINGS.workers,
@@ -288,7 +291,11 @@ class AttributeService:
         features come from Feast's online store, scored from the stored embeddings when the model's
         encoders match them, else from the stored text and image. Unknown ids: `status: not_found`."""
         try:
-            predictions = await self.scorer.to_async.score_ids(ids)
+            # in calls of BY_ID_CALL ids, concurrently: several scorer workers share a large request
+            parts = await asyncio.gather(
+                *(self.scorer.to_async.score_ids(ids[i : i + BY_ID_CALL]) for i in range(0, len(ids), BY_ID_CALL))
+            )
+            predictions = [p for part in parts for p in part]
         except BentoMLException as e:
             if e.error_code == HTTPStatus.SERVICE_UNAVAILABLE:
                 return _unavailable("the scorer has no model loaded or is overloaded")  # type: ignore[return-value]
