@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 import os
+import tempfile
 from pathlib import Path
 
 import pytest
@@ -8,6 +9,9 @@ import pytest
 # No test may reach a model hub; the default weights ship inside packages.
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+# BentoML's model and Bento store, read once per process (flows/__init__.py would otherwise point it
+# at the checkout's .attrflow/bentoml, where an earlier run's `attrflow-shop:v1` would be reused).
+os.environ["BENTOML_HOME"] = tempfile.mkdtemp(prefix="attrflow-test-bentoml-")
 
 REPO = Path(__file__).resolve().parent.parent
 FASHION_DIR = Path(
