@@ -117,10 +117,11 @@ class InProcess:
 
         from components.inference.predictor import Predictor
         from components.memory import keep_freed_memory
+        from serving.settings import ServingSettings
 
         torch.set_num_threads(threads)
-        if os.environ.get("ATTRFLOW_KEEP_FREED_MEMORY", "true").lower() not in ("0", "false", "no"):
-            keep_freed_memory()  # as the scorer does (serving/settings.py): the same allocator
+        if ServingSettings().keep_freed_memory:
+            keep_freed_memory()  # as the scorer does (serving/service.py): the same allocator
         self.threads = threads
         self.predictor = Predictor(model_dir)
         self.predictor.warmup()

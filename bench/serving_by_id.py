@@ -22,8 +22,8 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
-from bench.common import SPEC, log
-from bench.serving_model import BenchProduct, catalog_frame
+from bench.common import log
+from bench.serving_model import BenchProduct, catalog_frame, ingest_rows
 
 
 @contextmanager
@@ -42,16 +42,8 @@ def attrflow_home(home: Path):
 
 def _ingest(folder: Path, ids: set[str] | None, home: Path) -> Path:
     """Ingest the fashion catalog (only `ids` when given) into `home`; its images are read in place."""
-    from components.catalog import ingest, load_spec
-
     frame, images = catalog_frame()
-    if ids is not None:
-        frame = frame[frame["id"].isin(ids)]
-    folder.mkdir(parents=True, exist_ok=True)
-    frame.to_csv(folder / "styles.csv", index=False)
-    (folder / "images").symlink_to(images.resolve(), target_is_directory=True)
-    spec = load_spec(SPEC).model_copy(update={"source": folder / "styles.csv", "image_roots": [images.resolve()]})
-    return ingest(spec, home=home).dataset_dir
+    return ingest_rows(frame if ids is None else frame[frame["id"].isin(ids)], images, folder, home)
 
 
 def prepare_store(home: Path, model_dir: Path, products: list[BenchProduct]) -> dict[str, Any]:

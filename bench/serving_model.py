@@ -80,20 +80,27 @@ def find_model(home: Path, explicit: Path | None = None, retrain: bool = False) 
     return fallback.resolve(), how
 
 
+def ingest_rows(rows: pd.DataFrame, images: Path, folder: Path, home: Path) -> Path:
+    """Ingest these rows of the catalog into `home` (their images read in place from `images`,
+    through a link in `folder`, which is written afresh); the dataset folder."""
+    from components.catalog import ingest, load_spec
+
+    shutil.rmtree(folder, ignore_errors=True)
+    folder.mkdir(parents=True)
+    rows.to_csv(folder / "styles.csv", index=False)
+    (folder / "images").symlink_to(images.resolve(), target_is_directory=True)
+    spec = load_spec(SPEC).model_copy(update={"source": folder / "styles.csv", "image_roots": [images.resolve()]})
+    return ingest(spec, home=home).dataset_dir
+
+
 def train_fallback(home: Path, out: Path) -> Path:
     """Ingest a seeded sample of the catalog (its images read in place) and train a frozen concat on it."""
-    from components.catalog import ingest, load_dataset, load_spec
+    from components.catalog import load_dataset
     from components.training.trainer import load_train_config, train
 
     frame, images = catalog_frame()
-    work = home / "bench" / "serving-catalog"
-    shutil.rmtree(work, ignore_errors=True)
-    work.mkdir(parents=True)
-    frame.sample(n=TRAIN_SAMPLE, random_state=SAMPLE_SEED).to_csv(work / "styles.csv", index=False)
-    (work / "images").symlink_to(images.resolve(), target_is_directory=True)  # read in place
-    spec = load_spec(SPEC)
-    spec = spec.model_copy(update={"source": work / "styles.csv", "image_roots": [images.resolve()]})
-    dataset = load_dataset(ingest(spec, home=home).dataset_dir)
+    sample = frame.sample(n=TRAIN_SAMPLE, random_state=SAMPLE_SEED)
+    dataset = load_dataset(ingest_rows(sample, images, home / "bench" / "serving-catalog", home))
     config = load_train_config(CONCAT_CONFIG, training={"epochs": TRAIN_EPOCHS})
     log(f"training the fallback model: concat on {len(dataset.items)} products, {TRAIN_EPOCHS} epochs -> {out}")
     shutil.rmtree(out, ignore_errors=True)

@@ -292,10 +292,7 @@ class AttributeService:
         encoders match them, else from the stored text and image. Unknown ids: `status: not_found`."""
         try:
             # in calls of BY_ID_CALL ids, concurrently: several scorer workers share a large request
-            parts = await asyncio.gather(
-                *(self.scorer.to_async.score_ids(ids[i : i + BY_ID_CALL]) for i in range(0, len(ids), BY_ID_CALL))
-            )
-            predictions = [p for part in parts for p in part]
+            predictions = await _in_calls(self.scorer.to_async.score_ids, ids, BY_ID_CALL)
         except BentoMLException as e:
             if e.error_code == HTTPStatus.SERVICE_UNAVAILABLE:
                 return _unavailable("the scorer has no model loaded or is overloaded")  # type: ignore[return-value]
@@ -365,13 +362,7 @@ class AttributeService:
         """The scorer's `score`. More products than one forward pass takes go as concurrent calls of
         a pass each: one call holds one connection, which stays with one scorer worker, so a large
         /predict_batch on one call would leave the other workers idle (make bench-serving)."""
-        size = SETTINGS.batch_max_size
-        if len(items) <= size:
-            return await self._score_call(items, attempts)
-        parts = await asyncio.gather(
-            *(self._score_call(items[i : i + size], attempts) for i in range(0, len(items), size))
-        )
-        return [result for part in parts for result in part]
+        return await _in_calls(lambda part: self._score_call(part, attempts), items, SETTINGS.batch_max_size)
 
     async def _score_call(self, items: list[ScoreItem], attempts: int) -> list[ScoreResult]:
         """One call, tried again when the connection drops before the answer (a scorer worker
@@ -456,6 +447,15 @@ class AttributeService:
 AttributeService.add_asgi_middleware(
     BearerAuth, api_key=SETTINGS.api_key.get_secret_value() if SETTINGS.api_key else None
 )
+
+
+async def _in_calls(call, items: list, size: int) -> list:
+    """`call` on `items` in concurrent calls of at most `size` (one call holds one connection to
+    one scorer worker), the results in order; a single call when they fit in one."""
+    if len(items) <= size:
+        return await call(items)
+    parts = await asyncio.gather(*(call(items[i : i + size]) for i in range(0, len(items), size)))
+    return [result for part in parts for result in part]
 
 
 class _Invalid(Exception):
