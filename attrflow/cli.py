@@ -267,6 +267,52 @@ def features_get(
         typer.echo(f"  image: {row['image_path'] or '(none)'}  labels: {json.dumps(row['labels'])}")
 
 
+@app.command("fit")
+def fit_cmd(
+    catalog: Annotated[Path, typer.Argument(help="A catalog spec (YAML, ingested first) or a dataset folder.")],
+    time_budget: Annotated[str, typer.Option(help="Training budget, e.g. 20m, 90s, 1h.")] = "20m",
+    model_name: Annotated[str | None, typer.Option(help="Registry model name (default: the dataset name).")] = None,
+    as_json: Annotated[bool, typer.Option("--json", help="End with one JSON line of the result.")] = False,
+) -> None:
+    """The automatic model: train a portfolio (TF-IDF + LR, text, concat, late, modality attention)
+    within the budget, keep the best member or ensemble on validation, register it through the
+    promotion rule."""
+    from components.training.fit import parse_duration
+
+    try:
+        parse_duration(time_budget)
+    except ValueError as e:
+        _fail(f"--time-budget: {e}")
+    if catalog.is_dir():
+        from components.catalog import load_dataset
+        from flows.fit import fit_flow
+        from flows.register import register_flow
+
+        try:
+            name = model_name or load_dataset(catalog).name
+        except (ValueError, FileNotFoundError) as e:
+            _fail(str(e))
+        from components.registry import Registry
+
+        fitted = fit_flow(str(catalog), time_budget)
+        registered = register_flow(fitted["model_dir"], fitted["run_id"], name, str(catalog))
+        with Registry() as registry:
+            production = registry.get_production(name)
+        result = {
+            "candidates": [{**registered, "fusion": fitted["fusion"]}],
+            "production_version": production.version if production else None,
+        }
+    elif catalog.is_file():
+        from flows.pipeline import pipeline_flow
+
+        result = pipeline_flow(str(catalog), [], model_name, fit_budget=time_budget)
+    else:
+        _fail(f"{catalog}: no such catalog spec or dataset folder")
+    _print_candidates(result)
+    if as_json:
+        typer.echo(json.dumps(result, default=str))
+
+
 @app.command("pipeline")
 def pipeline_cmd(
     spec: Annotated[Path, typer.Argument(help="Catalog spec (YAML).")],
@@ -463,17 +509,28 @@ def _print_candidates(result: dict) -> None:
 def demo(
     n: Annotated[int, typer.Option(help="Number of demo products.")] = 2000,
     seed: Annotated[int, typer.Option(help="Random seed.")] = 0,
+    time_budget: Annotated[
+        str, typer.Option(help="Budget of the automatic model (`attrflow fit`); 0 = none, train --fusions only.")
+    ] = "3m",
     fusions: Annotated[
-        str, typer.Option(help="Comma-separated fusion configs to train (configs/models/<name>.yaml).")
-    ] = "text,concat,modality_attention",
+        str, typer.Option(help="Comma-separated fusion configs to train too (configs/models/<name>.yaml).")
+    ] = "",
     configs_dir: Annotated[
         Path | None, typer.Option("--configs", help="The configs/ folder (default: ./configs, else the checkout's).")
     ] = None,
 ) -> None:
     """The main job on the built-in demo catalog, as a Prefect flow run: generate the catalog,
-    ingest, train frozen-encoder models, evaluate, register and promote the best."""
+    ingest, fit the automatic model (and train --fusions), evaluate, register and promote the best."""
+    from components.training.fit import parse_duration
+
     folder = _configs_dir(configs_dir)
-    configs = [folder / "models" / f"{name}.yaml" for name in fusions.split(",")]
+    configs = [folder / "models" / f"{name}.yaml" for name in fusions.split(",") if name]
+    try:
+        fit_budget = time_budget if parse_duration(time_budget) > 0 else None
+    except ValueError as e:
+        _fail(f"--time-budget: {e}")
+    if fit_budget is None and not configs:
+        _fail("nothing to train: give a --time-budget above 0 or --fusions")
     missing = [str(c) for c in configs if not c.is_file()]
     if missing:
         _fail(f"no such model config: {', '.join(missing)} (--fusions names files in {folder / 'models'})")
@@ -483,7 +540,7 @@ def demo(
     spec_path = write_demo_catalog(home / "demo-catalog", n=n, seed=seed)
     typer.echo(f"demo catalog: {n} products in {home / 'demo-catalog'}")
     configs = [str(c) for c in configs]
-    result = pipeline_flow(str(spec_path), configs, model_name="demo")
+    result = pipeline_flow(str(spec_path), configs, model_name="demo", fit_budget=fit_budget)
     from flows.features import materialize_flow
 
     materialize_flow("demo")  # the production model's embeddings into the feature store: predict by id

@@ -21,6 +21,7 @@ from prefect.events import DeploymentEventTrigger
 
 from flows.evaluate import evaluate_flow
 from flows.features import materialize_flow
+from flows.fit import fit_flow
 from flows.ingest import ingest_flow
 from flows.monitor import DRIFT_EVENT, model_resource_id, monitor_flow
 from flows.package import package_flow
@@ -71,7 +72,8 @@ def build_deployments(
         hours=cooldown_hours or float(os.environ.get("ATTRFLOW_RETRAIN_COOLDOWN_HOURS", DEFAULT_COOLDOWN_HOURS))
     )
     watched = model_name or os.environ.get("ATTRFLOW_MODEL_NAME", "demo")
-    params = {"spec": spec, "configs": configs}
+    # The automatic model (`attrflow fit`) is a candidate of every scheduled retraining too.
+    params = {"spec": spec, "configs": configs, "fit_budget": os.environ.get("ATTRFLOW_RETRAIN_FIT_BUDGET", "20m")}
     if model_name:
         params["model_name"] = model_name
     return [
@@ -105,6 +107,9 @@ def build_deployments(
         ),
         ingest_flow.to_deployment("on-demand", description="Ingest a catalog spec.", tags=["attrflow"]),
         train_flow.to_deployment("on-demand", description="Train a config on a dataset.", tags=["attrflow"]),
+        fit_flow.to_deployment(
+            "on-demand", description="The automatic model: a portfolio within a time budget.", tags=["attrflow"]
+        ),
         evaluate_flow.to_deployment("on-demand", description="Evaluate a model folder.", tags=["attrflow"]),
         package_flow.to_deployment(
             "on-demand", description="Build the Bento of a model's production version.", tags=["attrflow", "serving"]

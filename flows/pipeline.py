@@ -1,4 +1,4 @@
-"""Flow `pipeline`: ingest -> train (one or more configs) -> evaluate -> register with the promotion rule."""
+"""Flow `pipeline`: ingest -> fit and/or train (configs) -> evaluate -> register with the promotion rule."""
 
 from __future__ import annotations
 
@@ -8,6 +8,7 @@ from prefect.artifacts import create_markdown_artifact
 from components.registry import Registry
 from components.tuning import load_search
 from flows.common import artifact_key
+from flows.fit import fit_flow
 from flows.ingest import ingest_flow
 from flows.package import package_flow
 from flows.register import register_flow
@@ -25,17 +26,24 @@ def pipeline_flow(
     primary_metric: str = "r_at_p95_mean",
     search: str | None = None,
     package: bool = True,
+    fit_budget: str | None = None,
 ) -> dict:
     """The whole loop for one catalog. Each config trains a candidate; every candidate goes
     through the promotion rule, so the best of them (and of the old production) wins.
     With `search` (a search-space file) a hyperparameter search adds its best model as one
-    more candidate (`configs` may then be empty). When a candidate was promoted, the new
+    more candidate (`configs` may then be empty). With `fit_budget` (e.g. "20m") the automatic
+    model (`attrflow fit`: a portfolio, the best member or ensemble) is one more candidate, the
+    first. When a candidate was promoted, the new
     production version is packaged as a Bento (`package=False` skips it)."""
     if search:
         load_search(search)  # a bad search file fails now, not after the training runs
     dataset = ingest_flow(spec, source)
     name = model_name or dataset["name"]
     candidates = []
+    if fit_budget:
+        fitted = fit_flow(dataset["dataset_dir"], fit_budget)
+        registered = register_flow(fitted["model_dir"], fitted["run_id"], name, dataset["dataset_dir"], primary_metric)
+        candidates.append({**registered, "fusion": fitted["fusion"], "run_id": fitted["run_id"]})
     for config in configs:
         trained = train_flow(config, dataset["dataset_dir"], epochs)
         registered = register_flow(

@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 from typing import Annotated, ClassVar, Literal
 
 import torch
+import torch.nn.functional as F
 from pydantic import BaseModel, ConfigDict, Field
 from torch import nn
 
@@ -65,13 +66,25 @@ class CrossAttentionConfig(_Config):
     dropout: float = 0.1
 
 
+class TfidfLRConfig(_Config):
+    """TF-IDF + logistic regression over the text's hashed word 1-2 grams (title and description,
+    whole): the linear lexical model, fitted by scikit-learn (components.training.linear), not by
+    gradient descent."""
+
+    name: Literal["tfidf_lr"] = "tfidf_lr"
+    # Inverse L2 strengths tried per attribute; the best on validation macro-F1 is kept.
+    C: list[float] = Field(default_factory=lambda: [1.0, 10.0, 100.0], min_length=1)
+    vocabulary_size: int = Field(0, ge=0)  # set by fitting: the n-grams seen in training
+
+
 FusionConfig = Annotated[
     TextFusionConfig
     | ImageFusionConfig
     | ConcatFusionConfig
     | ModalityAttentionConfig
     | LateFusionConfig
-    | CrossAttentionConfig,
+    | CrossAttentionConfig
+    | TfidfLRConfig,
     Field(discriminator="name"),
 ]
 
@@ -109,6 +122,8 @@ class Fusion(nn.Module):
     name: ClassVar[str]
     needs_tokens: ClassVar[bool] = False
     reads_image: ClassVar[bool] = True  # False: the model need not run the image encoder at all
+    reads_text: ClassVar[bool] = True  # False: reads neither the pooled text nor its tokens
+    reads_lexical: ClassVar[bool] = False  # True: reads the hashed n-grams (Features.lexical) itself
 
     def __init__(self, config, text_dim: int, image_dim: int, attributes: list[HeadSpec], head: HeadConfig):
         super().__init__()
@@ -278,13 +293,50 @@ class CrossAttention(Fusion):
         return FusionOutput(self.heads(pooled), _zero(f))
 
 
+@register_fusion("tfidf_lr")
+class TfidfLR(Fusion):
+    """logits = W^T x + b, x = the product's TF-IDF vector over the n-grams seen in training (binary
+    term frequency times idf, L2-normalised: scikit-learn's TfidfTransformer on presence counts).
+
+    The fitted vocabulary is a sorted buffer of hashed n-gram ids; an n-gram outside it is
+    ignored, as TfidfVectorizer ignores unknown words. W and b come from scikit-learn's
+    LogisticRegression (components.training.linear), so this module only scores.
+    """
+
+    reads_image = False
+    reads_text = False
+    reads_lexical = True
+
+    def __init__(self, config: TfidfLRConfig, text_dim, image_dim, attributes, head):
+        super().__init__(config, text_dim, image_dim, attributes, head)
+        size = max(config.vocabulary_size, 1)
+        self.sizes = [a.n_values for a in attributes]
+        self.register_buffer("ngram_ids", torch.full((size,), -1, dtype=torch.long))  # sorted
+        self.register_buffer("idf", torch.zeros(size))
+        self.weight = nn.Parameter(torch.zeros(size, sum(self.sizes)))
+        self.bias = nn.Parameter(torch.zeros(sum(self.sizes)))
+
+    def forward(self, f: Features) -> FusionOutput:
+        if f.lexical is None:
+            raise ValueError("tfidf_lr reads the hashed n-grams (Features.lexical); the batch has none")
+        ids, offsets = f.lexical.ids, f.lexical.offsets
+        pos = torch.searchsorted(self.ngram_ids, ids).clamp_max(len(self.ngram_ids) - 1)
+        w = torch.where(self.ngram_ids[pos] == ids, self.idf[pos], 0.0)
+        counts = torch.diff(offsets, append=offsets.new_tensor([len(ids)]))
+        doc = torch.repeat_interleave(torch.arange(len(offsets), device=ids.device), counts)
+        norm = w.new_zeros(len(offsets)).index_add_(0, doc, w * w).sqrt().clamp_min(1e-12)
+        z = F.embedding_bag(pos, self.weight, offsets, mode="sum", per_sample_weights=w / norm[doc]) + self.bias
+        logits = dict(zip([a.name for a in self.attributes], z.split(self.sizes, dim=-1), strict=True))
+        return FusionOutput(logits, z.new_zeros(()))
+
+
 def fusion_needs_tokens(name: str) -> bool:
     return FUSIONS[name].needs_tokens
 
 
 def fusion_reads_pooled_text(name: str) -> bool:
     """Whether the fusion reads `Features.text` (what the lexical channel extends)."""
-    return name != "image" and not FUSIONS[name].needs_tokens
+    return FUSIONS[name].reads_text and name != "image" and not FUSIONS[name].needs_tokens
 
 
 __all__ = [
@@ -297,6 +349,7 @@ __all__ = [
     "LateFusionConfig",
     "ModalityAttentionConfig",
     "TextFusionConfig",
+    "TfidfLRConfig",
     "create_fusion",
     "fusion_needs_tokens",
     "fusion_reads_pooled_text",

@@ -1,0 +1,213 @@
+"""`fit`: the automatic model for a catalog. Train a small portfolio within a time budget, then
+keep the best member or the ensemble that beats it on validation.
+
+    result = fit(dataset, out_dir, FitConfig(time_budget_seconds=1200))
+    result.model_dir        # a model folder (one member, or an ensemble of several)
+
+The portfolio (`PORTFOLIO`, cheapest first): TF-IDF + logistic regression (`tfidf_lr`, a linear
+lexical model fitted by scikit-learn), then `text`, `concat`, `late` and `modality_attention` with
+two KL weights, all on frozen encoders over one embedding cache and with the benchmark's best
+recipe (the lexical channel over title and description, image dropout). Members run until the
+budget is spent: each gets an equal share of what is left (at least one epoch). Greedy ensemble
+selection on validation (components.evaluation.ensemble_selection) then picks members and
+weights; the publishing thresholds are fitted on the chosen model's validation scores. The test
+split is never looked at here: evaluation and the promotion rule come after.
+
+Works on small catalogs (batches shrink so that an epoch has enough steps) and on catalogs
+without images (members that read images are skipped).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import shutil
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from pydantic import BaseModel, ConfigDict, Field
+
+from components.catalog.dataset import Dataset
+from components.evaluation.ensemble_selection import combine_models, select_members
+from components.evaluation.metrics import attribute_metrics
+from components.features.preprocess import encode_labels
+from components.models.encoders import ImageEncoderConfig, TextEncoderConfig
+from components.training.trainer import TrainConfig, train
+
+# name -> (model overrides, training overrides) on top of the recipe below.
+PORTFOLIO: dict[str, tuple[dict[str, Any], dict[str, Any]]] = {
+    "tfidf_lr": ({"fusion": {"name": "tfidf_lr"}, "lexical": None}, {}),
+    "text": ({"fusion": {"name": "text"}}, {}),
+    "concat": ({"fusion": {"name": "concat"}}, {}),
+    "late": ({"fusion": {"name": "late"}}, {}),
+    # No image dropout: hiding the image pushes the gate to text, and it learns to stay there.
+    "modality_attention_l0.01": ({"fusion": {"name": "modality_attention", "lambda_kl": 0.01}}, {"image_dropout": 0.0}),
+    "modality_attention_l0.1": ({"fusion": {"name": "modality_attention", "lambda_kl": 0.1}}, {"image_dropout": 0.0}),
+}
+READS_IMAGE = {"concat", "late", "modality_attention_l0.01", "modality_attention_l0.1"}
+
+# The fashion benchmark's recipe (bench/rows.py, docs/results.md "What made the difference"):
+# frozen encoders, the lexical channel with n-gram dropout, half the images hidden in training.
+RECIPE: dict[str, Any] = {
+    "frozen": True,
+    "epochs": 12,
+    "batch_size": 256,
+    "lr_head": 2e-3,
+    "weight_decay": 0.01,
+    "warmup_share": 0.05,
+    "patience": 3,
+    "image_dropout": 0.5,
+}
+HEAD: dict[str, Any] = {"hidden": 256, "dropout": 0.2}
+LEXICAL: dict[str, Any] = {"buckets": 2**17, "dim": 64, "dropout": 0.5}
+MIN_STEPS_PER_EPOCH = 16  # small catalogs: smaller batches, so early stopping sees real progress
+
+
+class FitConfig(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    time_budget_seconds: float = Field(1200.0, gt=0)
+    members: list[str] = Field(default_factory=lambda: list(PORTFOLIO), min_length=1)
+    text: TextEncoderConfig = TextEncoderConfig()
+    image: ImageEncoderConfig = ImageEncoderConfig()
+    monitor: str = "f1_macro"  # the validation metric members are selected on (mean over attributes)
+    target_precision: float = Field(0.95, gt=0, le=1)
+    seed: int = 0
+
+    def model_post_init(self, _context: Any) -> None:
+        unknown = sorted(set(self.members) - set(PORTFOLIO))
+        if unknown:
+            raise ValueError(f"unknown portfolio members {unknown}; known: {sorted(PORTFOLIO)}")
+
+
+@dataclass
+class FitResult:
+    model_dir: Path
+    weights: dict[str, float]  # member -> weight in the chosen model (one member: {name: 1.0})
+    members: dict[str, dict[str, Any]] = field(default_factory=dict)  # name -> validation score, seconds, ...
+    skipped: dict[str, str] = field(default_factory=dict)  # member -> why it did not run
+    validation: dict[str, dict[str, Any]] = field(default_factory=dict)  # the chosen model's metrics
+    seconds: float = 0.0
+
+
+def member_config(name: str, config: FitConfig, n_train: int) -> TrainConfig:
+    model, training = PORTFOLIO[name]
+    batch = max(8, min(RECIPE["batch_size"], n_train // MIN_STEPS_PER_EPOCH))
+    return TrainConfig.model_validate(
+        {
+            "model": {
+                "text": config.text.model_dump(),
+                "image": config.image.model_dump(),
+                "head": HEAD,
+                "lexical": LEXICAL,
+                **model,
+            },
+            "training": {
+                **RECIPE,
+                "batch_size": batch,
+                "monitor": config.monitor,
+                "target_precision": config.target_precision,
+                "seed": config.seed,
+                **training,
+            },
+        }
+    )
+
+
+def fit(dataset: Dataset, out_dir: str | Path, config: FitConfig | None = None, log=print) -> FitResult:
+    """Train the portfolio within the budget and write the chosen model to `out_dir`."""
+    config = config or FitConfig()
+    start = time.perf_counter()
+    out_dir = Path(out_dir)
+    work = out_dir.parent / (out_dir.name + ".members")
+    split = dataset.items["split"].to_numpy()
+    va = np.flatnonzero(split == "validation")
+    n_train = int((split == "train").sum())
+    has_images = bool(dataset.items["image_path"].notna().any()) if "image_path" in dataset.items else False
+    result = FitResult(out_dir, {})
+    trained: dict[str, Any] = {}
+    queue = list(config.members)
+    while queue:
+        name = queue.pop(0)
+        if name in READS_IMAGE and not has_images:
+            result.skipped[name] = "the catalog has no images"
+            continue
+        left = config.time_budget_seconds - (time.perf_counter() - start)
+        if left <= 0 and trained:
+            result.skipped[name] = "time budget spent"
+            continue
+        cfg = member_config(name, config, n_train)
+        # An equal share of what is left for each member still to run (the trainer stops after
+        # the epoch that crosses it; the first member always runs).
+        runnable = 1 + sum(1 for n in queue if n not in READS_IMAGE or has_images)
+        cfg.training.max_seconds = max(left, 1.0) / runnable
+        t0 = time.perf_counter()
+        trained[name] = train(cfg, dataset, work / name, progress=False)
+        score = float(np.mean([m[config.monitor] or 0.0 for m in trained[name].validation.values()]))
+        result.members[name] = {"validation": score, "seconds": time.perf_counter() - t0}
+        log(f"fit: {name} validation {config.monitor} {score:.4f} ({result.members[name]['seconds']:.0f}s)")
+
+    vocab = {k: v for k, v in dataset.vocab.items()}
+    labels = {k: v.numpy()[va] for k, v in encode_labels(dataset.items, vocab).items()}
+    kinds = {k: v.kind for k, v in vocab.items()}
+    probs = {n: r.validation_probs for n, r in trained.items()}
+    weights = select_members(probs, labels, kinds, metric=config.monitor)
+    shutil.rmtree(out_dir, ignore_errors=True)
+    if len(weights) == 1:  # one member alone is best: its folder is the model
+        (only,) = weights
+        shutil.copytree(work / only, out_dir, ignore=shutil.ignore_patterns("checkpoint"))
+        mix = probs[only]
+    else:
+        total = sum(weights.values())
+        mix = {a: sum(w * probs[n][a] for n, w in weights.items()) / total for a in labels}
+        combine_models(
+            {n: work / n for n in weights},
+            weights,
+            mix,
+            labels,
+            out_dir,
+            config.target_precision,
+            extra={"fit": {"members": result.members}},
+        )
+    result.weights = weights
+    result.validation = {a: attribute_metrics(mix[a], labels[a], kinds[a], config.target_precision) for a in labels}
+    result.seconds = time.perf_counter() - start
+    (out_dir / "fit.json").write_text(
+        json.dumps(
+            {
+                "weights": weights,
+                "members": result.members,
+                "skipped": result.skipped,
+                "budget_seconds": config.time_budget_seconds,
+                "seconds": result.seconds,
+            },
+            indent=1,
+        )
+    )
+    shutil.rmtree(work, ignore_errors=True)
+    log(f"fit: chose {weights} in {result.seconds:.0f}s")
+    return result
+
+
+def parse_duration(text: str) -> float:
+    """'20m', '90s', '1h', '1h30m' or plain seconds -> seconds."""
+    units = {"h": 3600, "m": 60, "s": 1}
+    text = text.strip().lower()
+    try:
+        return float(text)
+    except ValueError:
+        pass
+    total, number = 0.0, ""
+    for ch in text:
+        if ch.isdigit() or ch == ".":
+            number += ch
+        elif ch in units and number:
+            total, number = total + float(number) * units[ch], ""
+        else:
+            raise ValueError(f"cannot read duration {text!r}: use e.g. 20m, 90s, 1h30m")
+    if number or not text or not math.isfinite(total):
+        raise ValueError(f"cannot read duration {text!r}: use e.g. 20m, 90s, 1h30m")
+    return total
