@@ -21,7 +21,7 @@ MODEL         ?= demo
 export PREFECT_HOME ?= $(abspath $(ATTRFLOW_HOME))/prefect
 export PREFECT_SERVER_ANALYTICS_ENABLED := false
 
-.PHONY: setup demo test lint format serve ui clean bench bench-quality bench-finetune bench-seeds bench-tune bench-serving bench-loop
+.PHONY: setup demo test lint format serve ui clean bench bench-quality bench-finetune bench-seeds bench-tune bench-serving bench-loop bench-defaults
 
 setup: $(STAMP)
 
@@ -100,3 +100,8 @@ bench-serving: setup  ## BentoML endpoint vs in-process ceiling: throughput, lat
 
 bench-loop: setup  ## drift -> event -> retrain -> champion/challenger -> hot swap, unattended (bench/closed_loop.py)
 	$(BIN)/python bench/closed_loop.py
+
+# `attrflow fit` with its defaults against TF-IDF + LR on catalogs it has never seen (demo, AE-110k and
+# OA-Mine as text-only catalogs, fashion); each gets the budget, about an hour in all on 2 cores.
+bench-defaults: setup  ## attrflow fit vs TF-IDF + LR on new catalogs, paired-bootstrap intervals (bench/defaults.py)
+	$(BIN)/python bench/defaults.py

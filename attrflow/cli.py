@@ -272,6 +272,9 @@ def fit_cmd(
     catalog: Annotated[Path, typer.Argument(help="A catalog spec (YAML, ingested first) or a dataset folder.")],
     time_budget: Annotated[str, typer.Option(help="Training budget, e.g. 20m, 90s, 1h.")] = "20m",
     model_name: Annotated[str | None, typer.Option(help="Registry model name (default: the dataset name).")] = None,
+    filter_label_noise: Annotated[
+        bool, typer.Option(help="Leave out train labels that confident learning flags (report beside the model).")
+    ] = False,
     as_json: Annotated[bool, typer.Option("--json", help="End with one JSON line of the result.")] = False,
 ) -> None:
     """The automatic model: train a portfolio (TF-IDF + LR, text, concat, late, modality attention)
@@ -294,7 +297,7 @@ def fit_cmd(
             _fail(str(e))
         from components.registry import Registry
 
-        fitted = fit_flow(str(catalog), time_budget)
+        fitted = fit_flow(str(catalog), time_budget, filter_label_noise=filter_label_noise)
         registered = register_flow(fitted["model_dir"], fitted["run_id"], name, str(catalog))
         with Registry() as registry:
             production = registry.get_production(name)
@@ -305,7 +308,9 @@ def fit_cmd(
     elif catalog.is_file():
         from flows.pipeline import pipeline_flow
 
-        result = pipeline_flow(str(catalog), [], model_name, fit_budget=time_budget)
+        result = pipeline_flow(
+            str(catalog), [], model_name, fit_budget=time_budget, filter_label_noise=filter_label_noise
+        )
     else:
         _fail(f"{catalog}: no such catalog spec or dataset folder")
     _print_candidates(result)

@@ -14,7 +14,9 @@ from flows.common import artifact_key, current_flow_run_id, metrics_table
 
 
 @flow(name="fit", log_prints=True)
-def fit_flow(dataset_dir: str, time_budget: str = "20m", members: list[str] | None = None) -> dict:
+def fit_flow(
+    dataset_dir: str, time_budget: str = "20m", members: list[str] | None = None, filter_label_noise: bool = False
+) -> dict:
     """Train the portfolio within `time_budget` (e.g. "20m") and keep the best member or ensemble."""
     config = FitConfig(time_budget_seconds=parse_duration(time_budget), **({"members": members} if members else {}))
     dataset = load_dataset(dataset_dir)

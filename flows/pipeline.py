@@ -27,6 +27,7 @@ def pipeline_flow(
     search: str | None = None,
     package: bool = True,
     fit_budget: str | None = None,
+    filter_label_noise: bool = False,
 ) -> dict:
     """The whole loop for one catalog. Each config trains a candidate; every candidate goes
     through the promotion rule, so the best of them (and of the old production) wins.
@@ -41,7 +42,7 @@ def pipeline_flow(
     name = model_name or dataset["name"]
     candidates = []
     if fit_budget:
-        fitted = fit_flow(dataset["dataset_dir"], fit_budget)
+        fitted = fit_flow(dataset["dataset_dir"], fit_budget, filter_label_noise=filter_label_noise)
         registered = register_flow(fitted["model_dir"], fitted["run_id"], name, dataset["dataset_dir"], primary_metric)
         candidates.append({**registered, "fusion": fitted["fusion"], "run_id": fitted["run_id"]})
     for config in configs:

@@ -204,3 +204,36 @@ def test_shipped_configs_carry_the_benchmark_recipe():
 
     assert ModelConfig(fusion={"name": "concat"}).lexical is not None
     assert ModelConfig(fusion={"name": "cross_attention"}).lexical is None
+
+
+def test_confident_learning_flags_planted_label_flips(tmp_path, demo_dataset):
+    """Flip a tenth of the train products' category: cross-fitted TF-IDF + LR probabilities and
+    cleanlab find most flips and few clean labels; removing them keeps validation and test as they were."""
+    import dataclasses
+
+    from components.training.label_noise import find_label_issues, without_label_issues, write_label_issues
+
+    items = demo_dataset.items.copy()
+    train_rows = np.flatnonzero(items["split"].to_numpy() == "train")
+    flipped = np.random.default_rng(0).choice(train_rows, size=len(train_rows) // 10, replace=False)
+    values = demo_dataset.vocab["category"].values
+    for i in flipped:
+        items.iat[i, items.columns.get_loc("category")] = values[
+            (values.index(items["category"].iat[i]) + 1) % len(values)
+        ]
+    noisy = dataclasses.replace(demo_dataset, items=items)
+    issues = find_label_issues(noisy, _tfidf(C=[10.0]), tmp_path / "oof", folds=4)
+    found = set(issues.loc[issues["attribute"] == "category", "id"])
+    planted = set(items["id"].iloc[flipped])
+    assert len(found & planted) >= 0.7 * len(planted)
+    assert len(found - planted) <= 0.5 * len(planted)
+    # Every flag is a train label; the suggestion for a found flip is the original value.
+    assert set(items.loc[items["id"].isin(issues["id"]), "split"]) == {"train"}
+    cleaned = without_label_issues(noisy, issues[issues["attribute"] == "category"])
+    gone = cleaned.items["id"].isin(found)
+    assert cleaned.items.loc[gone, "category"].isna().all() and cleaned.items.loc[~gone, "category"].notna().all()
+    assert cleaned.items.loc[gone, "material"].equals(noisy.items.loc[gone, "material"])
+    not_train = noisy.items["split"] != "train"
+    assert cleaned.items.loc[not_train, "category"].equals(noisy.items.loc[not_train, "category"])
+    write_label_issues(issues, tmp_path / "report")
+    assert "category" in (tmp_path / "report" / "label_issues.md").read_text()

@@ -13,6 +13,9 @@ selection on validation (components.evaluation.ensemble_selection) then picks me
 weights; the publishing thresholds are fitted on the chosen model's validation scores. The test
 split is never looked at here: evaluation and the promotion rule come after.
 
+With `filter_label_noise`, likely mislabelled train products (confident learning, cleanlab)
+lose those labels first and are listed in `label_issues/` beside the model.
+
 Works on small catalogs (batches shrink so that an epoch has enough steps) and on catalogs
 without images (members that read images are skipped).
 """
@@ -71,11 +74,15 @@ class FitConfig(BaseModel):
 
     time_budget_seconds: float = Field(1200.0, gt=0)
     members: list[str] = Field(default_factory=lambda: list(PORTFOLIO), min_length=1)
-    text: TextEncoderConfig = TextEncoderConfig()
-    image: ImageEncoderConfig = ImageEncoderConfig()
+    # The recipe's frozen encoders (as in configs/models/*.yaml): one embedding cache for all members.
+    text: TextEncoderConfig = TextEncoderConfig(max_length=32)
+    image: ImageEncoderConfig = ImageEncoderConfig(image_size=(128, 96), extra_stages=[0, 1, 2, 3], extra_grid=3)
     monitor: str = "f1_macro"  # the validation metric members are selected on (mean over attributes)
     target_precision: float = Field(0.95, gt=0, le=1)
     seed: int = 0
+    # Confident learning first (components/training/label_noise.py): train labels that cross-fitted
+    # probabilities contradict are removed before the portfolio trains (and reported).
+    filter_label_noise: bool = False
 
     def model_post_init(self, _context: Any) -> None:
         unknown = sorted(set(self.members) - set(PORTFOLIO))
@@ -128,6 +135,14 @@ def fit(dataset: Dataset, out_dir: str | Path, config: FitConfig | None = None, 
     n_train = int((split == "train").sum())
     has_images = bool(dataset.items["image_path"].notna().any()) if "image_path" in dataset.items else False
     result = FitResult(out_dir, {})
+    issues = None
+    if config.filter_label_noise:
+        from components.training.label_noise import find_label_issues, without_label_issues, write_label_issues
+
+        judge = member_config("concat" if has_images else "text", config, n_train)
+        issues = find_label_issues(dataset, judge, work / "label-noise", seed=config.seed)
+        dataset = without_label_issues(dataset, issues)
+        log(f"fit: {len(issues)} train labels flagged as likely wrong and left out")
     trained: dict[str, Any] = {}
     queue = list(config.members)
     while queue:
@@ -172,6 +187,8 @@ def fit(dataset: Dataset, out_dir: str | Path, config: FitConfig | None = None, 
             config.target_precision,
             extra={"fit": {"members": result.members}},
         )
+    if issues is not None:
+        write_label_issues(issues, out_dir / "label_issues")
     result.weights = weights
     result.validation = {a: attribute_metrics(mix[a], labels[a], kinds[a], config.target_precision) for a in labels}
     result.seconds = time.perf_counter() - start
@@ -182,6 +199,7 @@ def fit(dataset: Dataset, out_dir: str | Path, config: FitConfig | None = None, 
                 "members": result.members,
                 "skipped": result.skipped,
                 "budget_seconds": config.time_budget_seconds,
+                "label_issues": None if issues is None else int(len(issues)),
                 "seconds": result.seconds,
             },
             indent=1,
