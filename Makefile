@@ -21,7 +21,7 @@ MODEL         ?= demo
 export PREFECT_HOME ?= $(abspath $(ATTRFLOW_HOME))/prefect
 export PREFECT_SERVER_ANALYTICS_ENABLED := false
 
-.PHONY: setup demo test lint format serve ui clean bench bench-quality bench-finetune bench-seeds bench-tune bench-serving bench-loop bench-defaults
+.PHONY: setup demo test lint format serve ui clean bench bench-quality bench-finetune bench-seeds bench-tune bench-serving bench-loop bench-defaults bench-label-noise
 
 setup: $(STAMP)
 
@@ -105,3 +105,6 @@ bench-loop: setup  ## drift -> event -> retrain -> champion/challenger -> hot sw
 # OA-Mine as text-only catalogs, fashion); each gets the budget, about an hour in all on 2 cores.
 bench-defaults: setup  ## attrflow fit vs TF-IDF + LR on new catalogs, paired-bootstrap intervals (bench/defaults.py)
 	$(BIN)/python bench/defaults.py
+
+bench-label-noise: setup  ## confident learning on fashion: flags, a reviewed sample, the effect of filtering (bench/label_noise.py)
+	$(BIN)/python bench/label_noise.py

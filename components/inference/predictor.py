@@ -51,6 +51,8 @@ class Predictor:
     def fusion(self) -> str:
         if "ensemble" in self.meta:
             return "ensemble(" + ",".join(self.meta["ensemble"]["members"]) + ")"
+        if "stacked" in self.meta:
+            return "stacked(" + ",".join(self.meta["stacked"]["members"]) + ")"
         return self.meta["model"]["fusion"]["name"]
 
     @property

@@ -18,9 +18,11 @@ from safetensors.torch import load_file, save_file
 
 from components.models.ensemble import EnsembleModel
 from components.models.model import AttributeModel, ModelConfig, Vocab
+from components.models.stacking import SIDES, StackedModel
 
 WEIGHTS, CONFIG, VOCAB, THRESHOLDS = "model.safetensors", "config.json", "vocab.json", "thresholds.json"
-MEMBERS = "members"  # an ensemble folder's member folders
+MEMBERS = "members"  # an ensemble's (or stacked model's) member folders
+STACKER = "stacker.safetensors"
 
 
 def save_model(
@@ -55,6 +57,8 @@ def load_model(model_dir: str | Path, device: str | torch.device = "cpu") -> Att
     meta = json.loads((model_dir / CONFIG).read_text())
     if "ensemble" in meta:
         return load_ensemble(model_dir, meta, device)  # type: ignore[return-value]
+    if "stacked" in meta:
+        return load_stacked(model_dir, device)  # type: ignore[return-value]
     vocab = {k: Vocab.model_validate(v) for k, v in json.loads((model_dir / VOCAB).read_text()).items()}
     model = AttributeModel(ModelConfig.model_validate(meta["model"]), vocab)
     state = load_file(str(model_dir / WEIGHTS))
@@ -73,6 +77,22 @@ def load_ensemble(model_dir: Path, meta: dict, device: str | torch.device = "cpu
     members = {n: load_model(model_dir / MEMBERS / n, device) for n in spec["members"]}
     model = EnsembleModel(members, spec["weights"], shared_encoders=not meta["includes_encoders"])
     return model.to(device).eval()
+
+
+def load_stacked(model_dir: Path, device: str | torch.device = "cpu") -> StackedModel:
+    model = StackedModel({side: load_model(model_dir / MEMBERS / side, device) for side in SIDES})
+    state = load_file(str(model_dir / STACKER))
+    expected = {k for k in model.state_dict() if k.startswith(("multiclass.", "multilabel."))}
+    if set(state) != expected:
+        raise ValueError(f"{model_dir}: {STACKER} does not match the members' attributes")
+    model.load_state_dict(state, strict=False)
+    return model.to(device).eval()
+
+
+def save_stacker(model: StackedModel, model_dir: Path) -> None:
+    state = {f"multiclass.{k}": v for k, v in model.multiclass.state_dict().items()}
+    state.update({f"multilabel.{k}": v for k, v in model.multilabel.state_dict().items()})
+    save_file({k: v.detach().contiguous().cpu() for k, v in state.items()}, str(Path(model_dir) / STACKER))
 
 
 def load_thresholds(model_dir: str | Path) -> dict[str, list[float | None]]:

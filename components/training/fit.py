@@ -49,8 +49,14 @@ PORTFOLIO: dict[str, tuple[dict[str, Any], dict[str, Any]]] = {
     # No image dropout: hiding the image pushes the gate to text, and it learns to stay there.
     "modality_attention_l0.01": ({"fusion": {"name": "modality_attention", "lambda_kl": 0.01}}, {"image_dropout": 0.0}),
     "modality_attention_l0.1": ({"fusion": {"name": "modality_attention", "lambda_kl": 0.1}}, {"image_dropout": 0.0}),
+    # Not in the default portfolio (FitConfig.members): the image alone, and late fusion by
+    # stacking `text` and `image` (components/training/stacking.py; 2 x (folds + 1) trainings).
+    "image": ({"fusion": {"name": "image"}, "lexical": None}, {"image_dropout": 0.0}),
+    "stacked": ({}, {}),
 }
-READS_IMAGE = {"concat", "late", "modality_attention_l0.01", "modality_attention_l0.1"}
+DEFAULT_MEMBERS = ["tfidf_lr", "text", "concat", "late", "modality_attention_l0.01", "modality_attention_l0.1"]
+READS_IMAGE = {"concat", "late", "modality_attention_l0.01", "modality_attention_l0.1", "image", "stacked"}
+STACKING_FOLDS = 3
 
 # The fashion benchmark's recipe (bench/rows.py, docs/results.md "What made the difference"):
 # frozen encoders, the lexical channel with n-gram dropout, half the images hidden in training.
@@ -73,7 +79,7 @@ class FitConfig(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     time_budget_seconds: float = Field(1200.0, gt=0)
-    members: list[str] = Field(default_factory=lambda: list(PORTFOLIO), min_length=1)
+    members: list[str] = Field(default_factory=lambda: list(DEFAULT_MEMBERS), min_length=1)
     # The recipe's frozen encoders (as in configs/models/*.yaml): one embedding cache for all members.
     text: TextEncoderConfig = TextEncoderConfig(max_length=32)
     image: ImageEncoderConfig = ImageEncoderConfig(image_size=(128, 96), extra_stages=[0, 1, 2, 3], extra_grid=3)
@@ -154,13 +160,17 @@ def fit(dataset: Dataset, out_dir: str | Path, config: FitConfig | None = None, 
         if left <= 0 and trained:
             result.skipped[name] = "time budget spent"
             continue
-        cfg = member_config(name, config, n_train)
         # An equal share of what is left for each member still to run (the trainer stops after
         # the epoch that crosses it; the first member always runs).
         runnable = 1 + sum(1 for n in queue if n not in READS_IMAGE or has_images)
-        cfg.training.max_seconds = max(left, 1.0) / runnable
+        share = max(left, 1.0) / runnable
         t0 = time.perf_counter()
-        trained[name] = train(cfg, dataset, work / name, progress=False)
+        if name == "stacked":
+            trained[name] = _train_stacked(config, dataset, work / name, n_train, share)
+        else:
+            cfg = member_config(name, config, n_train)
+            cfg.training.max_seconds = share
+            trained[name] = train(cfg, dataset, work / name, progress=False)
         score = float(np.mean([m[config.monitor] or 0.0 for m in trained[name].validation.values()]))
         result.members[name] = {"validation": score, "seconds": time.perf_counter() - t0}
         log(f"fit: {name} validation {config.monitor} {score:.4f} ({result.members[name]['seconds']:.0f}s)")
@@ -208,6 +218,21 @@ def fit(dataset: Dataset, out_dir: str | Path, config: FitConfig | None = None, 
     shutil.rmtree(work, ignore_errors=True)
     log(f"fit: chose {weights} in {result.seconds:.0f}s")
     return result
+
+
+def _train_stacked(config: FitConfig, dataset: Dataset, out_dir: Path, n_train: int, seconds: float) -> Any:
+    from components.evaluation.evaluate import predict_split
+    from components.models.io import load_model
+    from components.training.config import TrainResult
+    from components.training.stacking import train_stacked
+
+    sides = {side: member_config(side, config, n_train) for side in ("text", "image")}
+    for side in sides.values():  # 2 x (folds + 1) trainings share the member's time
+        side.training.max_seconds = seconds / (2 * (STACKING_FOLDS + 1))
+    train_stacked(sides, dataset, out_dir, folds=STACKING_FOLDS, seed=config.seed)
+    probs = predict_split(load_model(out_dir), out_dir, dataset, "validation").probs
+    validation = json.loads((out_dir / "validation_metrics.json").read_text())
+    return TrainResult(out_dir, 1, 1, validation, [], 0.0, probs)
 
 
 def parse_duration(text: str) -> float:
