@@ -21,7 +21,7 @@ MODEL         ?= demo
 export PREFECT_HOME ?= $(abspath $(ATTRFLOW_HOME))/prefect
 export PREFECT_SERVER_ANALYTICS_ENABLED := false
 
-.PHONY: setup demo test lint format serve ui clean bench bench-quality bench-finetune bench-seeds bench-tune bench-serving bench-loop bench-defaults bench-label-noise
+.PHONY: setup demo test lint format serve ui clean bench bench-quality bench-finetune bench-seeds bench-tune bench-serving bench-loop bench-defaults bench-label-noise bench-stacking
 
 setup: $(STAMP)
 
@@ -108,3 +108,6 @@ bench-defaults: setup  ## attrflow fit vs TF-IDF + LR on new catalogs, paired-bo
 
 bench-label-noise: setup  ## confident learning on fashion: flags, a reviewed sample, the effect of filtering (bench/label_noise.py)
 	$(BIN)/python bench/label_noise.py
+
+bench-stacking: setup  ## late fusion on fashion: the alpha mix vs stacking, paired-bootstrap intervals (bench/stacking.py)
+	$(BIN)/python bench/stacking.py

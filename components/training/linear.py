@@ -59,8 +59,9 @@ def train_tfidf_lr(config: TrainConfig, dataset: Dataset, out_dir: str | Path) -
         cols = slice(column, column + spec.n_values)
         column += spec.n_values
         best = None
-        for c in config.model.fusion.C:
-            w, b = _fit_attribute(x[tr], labels[spec.name][tr], spec.kind, spec.n_values, c, config.training.seed)
+        warm: dict = {}  # C ascending, each fit starting from the last one's solution (fewer lbfgs steps)
+        for c in sorted(config.model.fusion.C):
+            w, b = _fit_attribute(x[tr], labels[spec.name][tr], spec.kind, spec.n_values, c, config.training.seed, warm)
             probs = _probabilities(x[va] @ w + b, spec.kind)
             score = attribute_metrics(probs, labels[spec.name][va], spec.kind)["f1_macro"] or 0.0
             if best is None or score > best[0]:
@@ -101,9 +102,10 @@ def train_tfidf_lr(config: TrainConfig, dataset: Dataset, out_dir: str | Path) -
 
 
 def _fit_attribute(
-    x: sp.csr_matrix, y: np.ndarray, kind: str, n_values: int, c: float, seed: int
+    x: sp.csr_matrix, y: np.ndarray, kind: str, n_values: int, c: float, seed: int, warm: dict
 ) -> tuple[np.ndarray, np.ndarray]:
-    """(n_features, n_values) weights and (n_values,) biases of one attribute's logits."""
+    """(n_features, n_values) weights and (n_values,) biases of one attribute's logits. `warm` keeps
+    the attribute's classifiers between calls (warm starts along the C grid)."""
     w = np.zeros((x.shape[1], n_values), dtype=np.float32)
     b = np.full(n_values, ABSENT, dtype=np.float32)
     if kind == "multiclass":
@@ -112,7 +114,7 @@ def _fit_attribute(
         if len(classes) == 1:  # one value in training: always predict it
             b[classes[0]] = 0.0
         elif len(classes) > 1:
-            clf = _logistic(c, seed).fit(x[keep], y[keep])
+            clf = _logistic(c, seed, warm, "all").fit(x[keep], y[keep])
             if len(classes) == 2:  # scikit-learn keeps one coefficient row: logit(p1) = z, softmax([0, z])
                 b[classes] = [0.0, clf.intercept_[0]]
                 w[:, classes[1]] = clf.coef_[0]
@@ -126,14 +128,16 @@ def _fit_attribute(
         if target.min() == target.max():  # never (or always) present in training
             b[j] = ABSENT if target.max() == 0 else -ABSENT
             continue
-        clf = _logistic(c, seed).fit(x[keep], target)
+        clf = _logistic(c, seed, warm, j).fit(x[keep], target)
         w[:, j], b[j] = clf.coef_[0], clf.intercept_[0]
     return w, b
 
 
-def _logistic(c: float, seed: int) -> LogisticRegression:
+def _logistic(c: float, seed: int, warm: dict, key) -> LogisticRegression:
     warnings.filterwarnings("ignore", category=ConvergenceWarning)  # max_iter is the budget; close enough
-    return LogisticRegression(C=c, max_iter=1000, random_state=seed)
+    if key not in warm:
+        warm[key] = LogisticRegression(C=c, max_iter=1000, random_state=seed, warm_start=True)
+    return warm[key].set_params(C=c)
 
 
 def _probabilities(z: np.ndarray, kind: str) -> np.ndarray:
