@@ -7,6 +7,7 @@ import pytest
 import yaml
 from typer.testing import CliRunner
 
+from components.catalog import ingest, load_dataset, load_spec
 from components.catalog.demo import write_demo_catalog
 from components.registry import Registry
 from components.tuning import build_train_config, load_search
@@ -43,6 +44,7 @@ def _search_file(path, **changes) -> str:
         "seed": 0,
         # grace period 1 and halving: every trial that is worse than the median at epoch 1 or 2 stops there
         "asha": {"grace_period": 1, "reduction_factor": 2},
+        "full_budget_top": 0,  # the second stage has its own test
         "parameters": {
             "fusion": {"type": "choice", "values": ["text", "concat", "modality_attention", "cross_attention"]},
             "lambda_kl": {"type": "loguniform", "low": 1e-3, "high": 1.0},
@@ -238,3 +240,30 @@ def test_tune_deployment_is_on_demand():
     tune = [d for d in build_deployments() if d.flow_name == "tune"]
     assert [d.name for d in tune] == ["on-demand"] and tune[0].schedules == []
     assert tune[0].parameters["search"] == "configs/search/default.yaml"
+
+
+def test_full_budget_stage_retrains_the_top_configurations_for_the_largest_epoch_budget(tmp_path):
+    """The second stage of a search: a configuration cut short (by ASHA, or sampled with few
+    epochs) trains again for the search's largest `epochs`, recorded like a trial."""
+    from components.tuning.records import TrialRecord
+    from components.tuning.search import full_budget_stage
+
+    spec_path = write_demo_catalog(tmp_path / "catalog", n=120, seed=4)
+    dataset = load_dataset(ingest(load_spec(spec_path)).dataset_dir)
+    spec = load_search(
+        _search_file(
+            tmp_path / "search.yaml", parameters={"fusion": "text", "epochs": {"type": "int", "low": 1, "high": 4}}
+        )
+    )
+    registry = Registry()
+    registry.register_dataset(dataset.name, dataset.version, dataset.path, dataset.manifest)
+    parent = registry.start_run("tune", {}, None)
+    cut = TrialRecord(trial_id="t1", params={"fusion": "text", "epochs": 1, "lr_head": 1e-3}, stopped_early=True)
+    out = full_budget_stage(spec, dataset, [cut], tmp_path / "trials", registry.url, parent)
+    (full,) = out
+    assert full.trial_id == "t1-full" and full.params["epochs"] == 4 and full.status == "completed"
+    assert 1 <= len(full.history) <= 4 and full.best("f1_macro") is not None
+    assert (tmp_path / "trials" / "t1-full" / "model.safetensors").is_file()
+    run = registry.get_run(full.run_id)
+    assert run.kind == "tune-trial" and run.parent_run_id == parent and run.status == "completed"
+    assert run.config["params"]["epochs"] == 4

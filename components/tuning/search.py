@@ -144,6 +144,17 @@ def run_search(
     result = SearchResult(spec, spec.metric, records, out_dir, time.perf_counter() - start)
     finished = [t for t in result.ranked() if t.model_dir]
     result.best = finished[0] if finished else None
+    if spec.full_budget_top and result.best is not None:
+        # Only those that did not already train for the full budget to their end.
+        top = [
+            t
+            for t in result.ranked()[: spec.full_budget_top]
+            if t.stopped_early or t.interrupted or int(t.params.get("epochs", spec.max_epochs)) < spec.max_epochs
+        ]
+        retrained = full_budget_stage(spec, dataset, top, trials_dir, registry_url, parent_run_id)
+        records += retrained
+        result.best = max([result.best, *retrained], key=lambda t: t.best(spec.metric) or -1.0)
+        result.seconds = time.perf_counter() - start
     if not spec.keep_trial_models:
         for t in records:
             if t is not result.best:
@@ -151,6 +162,60 @@ def run_search(
                 t.model_dir = None
     (out_dir / "search.json").write_text(json.dumps(result.to_json(), indent=1, default=str))
     return result
+
+
+# --- the second stage: the best configurations for their full epoch budget ----------------------
+
+
+def full_budget_stage(
+    spec: SearchSpec,
+    dataset: Dataset,
+    top: list[TrialRecord],
+    trials_dir: Path,
+    registry_url: str | None = None,
+    parent_run_id: int | None = None,
+) -> list[TrialRecord]:
+    """Train each of `top`'s configurations again for the search's largest epoch budget, early
+    stopping on validation as usual (in the driver, one after another). ASHA judges trials on
+    their first epochs, which favours configurations that learn fast over those that end best.
+    With a registry, each is a `tune-trial` run (child of `parent_run_id`) like the others."""
+    from components.training.trainer import train
+
+    registry = None
+    if registry_url:
+        from components.registry import Registry
+
+        registry = Registry(registry_url)
+    out = []
+    try:
+        for trial in top:
+            params = {**trial.params, "epochs": spec.max_epochs}
+            record = TrialRecord(trial_id=f"{trial.trial_id}-full", params=params)
+            if registry is not None:
+                record.run_id = registry.start_run(
+                    "tune-trial",
+                    {"trial_id": record.trial_id, "params": params, "stage": "full budget"},
+                    (dataset.name, dataset.version),
+                    parent_run_id=parent_run_id,
+                )
+            try:
+                result = train(build_train_config(spec, params), dataset, trials_dir / record.trial_id, progress=False)
+            except Exception as e:  # a failed retrain leaves the search's own best in place
+                record.status, record.error = "failed", f"{type(e).__name__}: {e}"
+                if registry is not None:
+                    registry.fail_run(record.run_id, record.error)
+            else:
+                shutil.rmtree(trials_dir / record.trial_id / "checkpoint", ignore_errors=True)
+                record.history = [{"epoch": h["epoch"], **h["validation"]} for h in result.history]
+                record.status, record.best_epoch = "completed", result.best_epoch
+                record.model_dir = str(result.model_dir)
+                if registry is not None:
+                    registry.finish_run(record.run_id, record.summary(spec.metric))
+            out.append(record)
+    finally:
+        if registry is not None:
+            registry.close()
+    return out
 
 
 # --- retraining the best configuration on train + validation -------------------------------------

@@ -131,6 +131,9 @@ class SearchSpec(_Strict):
     asha: Asha = Asha()
     resources: Resources = Resources()
     retrain_on_train_validation: bool = False  # retrain the best config on train + validation
+    # Second stage: the best trials (most of them cut short by ASHA, or sampled with few epochs)
+    # train again for the full epoch budget; the best on validation of all is the search's result.
+    full_budget_top: int = Field(2, ge=0)
     keep_trial_models: bool = False  # keep every trial's model folder (default: only the best)
     parameters: Parameters = Parameters()
 
