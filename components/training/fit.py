@@ -175,19 +175,25 @@ def fit(dataset: Dataset, out_dir: str | Path, config: FitConfig | None = None, 
         result.members[name] = {"validation": score, "seconds": time.perf_counter() - t0}
         log(f"fit: {name} validation {config.monitor} {score:.4f} ({result.members[name]['seconds']:.0f}s)")
 
-    vocab = {k: v for k, v in dataset.vocab.items()}
-    labels = {k: v.numpy()[va] for k, v in encode_labels(dataset.items, vocab).items()}
-    kinds = {k: v.kind for k, v in vocab.items()}
+    labels = {k: v.numpy()[va] for k, v in encode_labels(dataset.items, dataset.vocab).items()}
+    kinds = {k: v.kind for k, v in dataset.vocab.items()}
     probs = {n: r.validation_probs for n, r in trained.items()}
-    weights = select_members(probs, labels, kinds, metric=config.monitor)
+
+    def score(mix: dict[str, np.ndarray]) -> float:
+        return float(np.mean([attribute_metrics(mix[a], labels[a], kinds[a])[config.monitor] or 0.0 for a in labels]))
+
+    # A stacked model is already a combination: it is chosen alone or not at all.
+    pool = {n: p for n, p in probs.items() if n != "stacked"}
+    weights = select_members(pool, labels, kinds, metric=config.monitor) if pool else {}
+    if "stacked" in probs and (not weights or score(probs["stacked"]) > score(_mix(probs, weights, labels))):
+        weights = {"stacked": 1.0}
     shutil.rmtree(out_dir, ignore_errors=True)
     if len(weights) == 1:  # one member alone is best: its folder is the model
         (only,) = weights
         shutil.copytree(work / only, out_dir, ignore=shutil.ignore_patterns("checkpoint"))
         mix = probs[only]
     else:
-        total = sum(weights.values())
-        mix = {a: sum(w * probs[n][a] for n, w in weights.items()) / total for a in labels}
+        mix = _mix(probs, weights, labels)
         combine_models(
             {n: work / n for n in weights},
             weights,
@@ -218,6 +224,11 @@ def fit(dataset: Dataset, out_dir: str | Path, config: FitConfig | None = None, 
     shutil.rmtree(work, ignore_errors=True)
     log(f"fit: chose {weights} in {result.seconds:.0f}s")
     return result
+
+
+def _mix(probs: dict, weights: dict[str, float], labels: dict) -> dict[str, np.ndarray]:
+    total = sum(weights.values())
+    return {a: sum(w * probs[n][a] for n, w in weights.items()) / total for a in labels}
 
 
 def _train_stacked(config: FitConfig, dataset: Dataset, out_dir: Path, n_train: int, seconds: float) -> Any:
