@@ -102,7 +102,10 @@ def test_portfolio_keeps_members_within_budget_and_writes_a_model(tmp_path, demo
     start = time.perf_counter()
     result = fit(demo_dataset, tmp_path / "fitted", config)
     assert time.perf_counter() - start < 60
-    assert set(result.members) == {"tfidf_lr", "text", "concat"} and result.weights
+    # Every member either trained or was skipped because the budget was spent (a slow machine).
+    assert set(result.members) | set(result.skipped) == {"tfidf_lr", "text", "concat"}
+    assert "tfidf_lr" in result.members and result.weights
+    assert all(why == "time budget spent" for why in result.skipped.values())
     assert set(result.weights) <= set(result.members)
     summary = json.loads((tmp_path / "fitted" / "fit.json").read_text())
     assert summary["weights"] == result.weights
