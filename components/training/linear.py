@@ -4,7 +4,8 @@ The strong baseline on short product texts, as a model like the others: the fitt
 go into a `TfidfLR` module (components.models.fusion), so the result is an ordinary model folder
 that evaluates, ensembles, registers and serves like any fusion. One logistic regression per
 attribute (multinomial for multiclass, one per value for multilabel); the inverse L2 strength C
-is chosen per attribute on validation macro-F1 from the config's list.
+is chosen per attribute on validation macro-F1 from the config's list (fitted on a sample of
+C_SAMPLE train products when there are more, then refitted on all of them with the chosen C).
 """
 
 from __future__ import annotations
@@ -29,6 +30,7 @@ from components.models.io import save_model
 from components.models.model import AttributeModel, Vocab, create_model
 from components.training.config import TrainConfig, TrainResult
 
+C_SAMPLE = 8000  # train products the choice of C looks at
 ABSENT = -30.0  # the bias of a value never seen in training: probability ~0, logits stay finite
 
 
@@ -58,16 +60,21 @@ def train_tfidf_lr(config: TrainConfig, dataset: Dataset, out_dir: str | Path) -
     for spec in model.specs:
         cols = slice(column, column + spec.n_values)
         column += spec.n_values
+        y, seed = labels[spec.name], config.training.seed
+        # C is chosen on a sample of the train split when it is large (one full fit, not one per C).
+        sample = tr if len(tr) <= C_SAMPLE else np.sort(np.random.default_rng(seed).choice(tr, C_SAMPLE, replace=False))
         best = None
         warm: dict = {}  # C ascending, each fit starting from the last one's solution (fewer lbfgs steps)
         for c in sorted(config.model.fusion.C):
-            w, b = _fit_attribute(x[tr], labels[spec.name][tr], spec.kind, spec.n_values, c, config.training.seed, warm)
-            probs = _probabilities(x[va] @ w + b, spec.kind)
-            score = attribute_metrics(probs, labels[spec.name][va], spec.kind)["f1_macro"] or 0.0
+            w, b = _fit_attribute(x[sample], y[sample], spec.kind, spec.n_values, c, seed, warm)
+            score = attribute_metrics(_probabilities(x[va] @ w + b, spec.kind), y[va], spec.kind)["f1_macro"] or 0.0
             if best is None or score > best[0]:
                 best = (score, c, w, b)
         assert best is not None
-        _, chosen[spec.name], weight[:, cols], bias[cols] = best
+        _, chosen[spec.name], w, b = best
+        if len(sample) < len(tr):
+            w, b = _fit_attribute(x[tr], y[tr], spec.kind, spec.n_values, chosen[spec.name], seed, warm={})
+        weight[:, cols], bias[cols] = w, b
 
     fitted = model.fusion
     with torch.no_grad():
