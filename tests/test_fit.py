@@ -72,8 +72,14 @@ def test_tfidf_lr_scores_like_scikit_learn_and_serves_from_raw_products(tmp_path
     assert unseen["attributes"]["category"]["values"][0]["score"] == pytest.approx(top["score"], abs=1e-5)
 
 
-def test_tfidf_lr_chooses_c_on_validation_and_handles_values_missing_from_training(tmp_path, demo_dataset):
-    train(_tfidf(), demo_dataset, tmp_path / "m")
+def test_tfidf_lr_chooses_c_on_validation_and_handles_values_missing_from_training(tmp_path, demo_dataset, monkeypatch):
+    full = train(_tfidf(), demo_dataset, tmp_path / "full")
+    # A large catalog chooses C on a sample, then fits all train products once with it.
+    import components.training.linear as linear
+
+    monkeypatch.setattr(linear, "C_SAMPLE", 60)
+    sampled = train(_tfidf(), demo_dataset, tmp_path / "m")
+    assert sampled.validation["category"]["f1_macro"] >= full.validation["category"]["f1_macro"] - 0.05
     meta = json.loads((tmp_path / "m" / "config.json").read_text())
     assert set(meta["chosen_C"]) == set(demo_dataset.vocab) and set(meta["chosen_C"].values()) <= {1.0, 10.0, 100.0}
     # A multilabel attribute (colour) and values absent from the train split stay finite and near 0.
