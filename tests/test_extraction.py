@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 import torch
 
-from components.catalog.spans import Span, SpanRow, locate_values, surface_forms
+from components.catalog.spans import Span, SpanRow, locate_values, spans_from_attributes, surface_forms
 from components.catalog.value_benchmarks import read_value_benchmark
 from components.evaluation.extraction_metrics import outcome, span_scores, value_r_at_p, value_scores
 from components.inference.extraction import best_values, extract
@@ -49,6 +49,25 @@ def test_overlapping_attributes_exclusive_or_layered():
     spans, problems = locate_values(text, values, exclusive=False)  # one layer per attribute
     assert sorted((s.attribute, s.start, s.end) for s in spans) == [("brand", 0, 9), ("name", 0, 17)]
     assert problems == {}
+
+
+def test_fashion_distant_labels_from_attribute_columns():
+    title = "Nike Men Navy Blue Sports Shoes"
+    labels = {
+        "baseColour": "Navy Blue",
+        "gender": "Men",
+        "articleType": "Sports Shoes",
+        "usage": "Sports",
+        "season": "Fall",
+    }
+    row, problems = spans_from_attributes("1", title, "Footwear", labels)
+    assert {s.attribute: s.text(title) for s in row.spans} == {
+        "baseColour": "Navy Blue",
+        "gender": "Men",
+        "articleType": "Sports Shoes",
+    }
+    assert "overlaps" in problems["usage"] and "not in the text" in problems["season"]
+    assert row.values["season"] == ["Fall"]  # kept: a product without a span still counts
 
 
 def test_custom_boundaries_allow_subword_values():

@@ -129,3 +129,16 @@ def surface_forms(rows: list[SpanRow]) -> dict[str, dict[str, str]]:
     for (attr, surface), c in sorted(counts.items()):
         out.setdefault(attr, {})[surface] = c.most_common(1)[0][0]
     return out
+
+
+def spans_from_attributes(
+    row_id: str, title: str, category: str, labels: dict[str, str | list[str] | None]
+) -> tuple[SpanRow, dict[str, str]]:
+    """Distant labels for a catalog row whose attribute columns hold values that may be written in
+    its title (the fashion catalog's baseColour, articleType, gender, usage): one flat layer, word
+    boundaries, longest match first. An attribute whose value is not in the title gets no span
+    ("no span"; the row still counts, e.g. for image-aware training); its problem says why."""
+    values = {a: ([v] if isinstance(v, str) else list(v or [])) for a, v in labels.items()}
+    values = {a: [v for v in vs if v and v.strip()] for a, vs in values.items()}
+    spans, problems = locate_values(title, values)
+    return SpanRow(row_id, title, category, values, spans), problems
