@@ -13,7 +13,7 @@ from components.catalog.spans import Span, SpanRow, locate_values, spans_from_at
 from components.catalog.value_benchmarks import read_value_benchmark
 from components.evaluation.extraction_metrics import outcome, span_scores, value_r_at_p, value_scores
 from components.inference.extraction import best_values, extract
-from components.models.bio import B, I, O, decode_spans, spans_from_tags, viterbi
+from components.models.bio import B, I, O, decode_spans, spans_from_tags, viterbi, viterbi_one_span
 from components.models.dictionary import ValueDictionary
 from components.models.io import load_model, save_model
 from components.models.model import create_model
@@ -163,6 +163,14 @@ def test_viterbi_never_puts_i_after_o_and_layers_overlap():
     assert [a for a, *_ in decode_spans(probs, ["brand", "name"], [False, True])] == ["name"]
 
 
+def test_required_attribute_gets_its_best_single_span():
+    layer = [[0.9, 0.05, 0.05], [0.6, 0.3, 0.1], [0.4, 0.05, 0.55], [0.95, 0.04, 0.01]]  # all O when free
+    probs = _probs(layer)[:, None, :]
+    assert viterbi_one_span(np.log(probs))[:, 0].tolist() == [O, B, I, O]
+    assert decode_spans(probs, ["brand"]) == []
+    assert [(a, i, j) for a, i, j, _ in decode_spans(probs, ["brand"], required=[True])] == [("brand", 1, 2)]
+
+
 # -- the tagger ----------------------------------------------------------------------------------
 def _tiny(**cfg):
     torch.manual_seed(0)
@@ -207,6 +215,12 @@ def test_range_minimisation_removes_tags_of_rejected_attributes():
     found = extract(model, texts, cats)[0]
     assert found and {s.attribute for s in found} == {"brand"}
     assert {s.attribute for s in extract(model, texts, cats, {"Shirts": ["colour"]})[0]} == set()
+    with torch.no_grad():  # the tagger now finds nothing; fill_accepted gives the accepted brand one span
+        model.tagger.bias.copy_(torch.tensor([5.0, 0.0, 0.0] * 2))
+    assert extract(model, texts, cats)[0] == []
+    model.config = model.config.model_copy(update={"fill_accepted": True})
+    found = extract(model, texts, cats)[0]
+    assert len(found) == 1 and found[0].attribute == "brand"
 
 
 def test_save_load_round_trip(tmp_path):

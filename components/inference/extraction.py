@@ -35,7 +35,8 @@ def extract(
     batch_size: int = 64,
 ) -> list[list[ExtractedSpan]]:
     """Spans per product. `allowed`: per category, the attributes it defines (others are not decoded;
-    None = all). With range minimisation, also only the attributes the attribute head accepts."""
+    None = all). With range minimisation, also only the attributes the attribute head accepts; with
+    fill_accepted, each accepted attribute gets at least its best span."""
     model.eval()
     out: list[list[ExtractedSpan]] = []
     cfg = model.config
@@ -45,18 +46,19 @@ def extract(
         res = model(batch)
         probs = res.tag_logits.softmax(-1).numpy()
         accept = None
-        if cfg.range_minimisation and res.attribute_logits is not None:
+        if (cfg.range_minimisation or cfg.fill_accepted) and res.attribute_logits is not None:
             accept = (res.attribute_logits.sigmoid() >= cfg.attribute_threshold).numpy()
         for b, (text, cat) in enumerate(zip(tx, cats, strict=True)):
             ok = np.ones(len(model.attributes), dtype=bool)
             if allowed is not None:
                 ok &= np.isin(model.attributes, list(allowed.get(cat, [])))
-            if accept is not None:
+            need = ok & accept[b] if accept is not None and cfg.fill_accepted else None
+            if accept is not None and cfg.range_minimisation:
                 ok &= accept[b]
             keep = batch["title_mask"][b].numpy()
             offs = batch["offsets"][b].numpy()[keep]
             spans = []
-            for attr, i, j, score in decode_spans(probs[b][keep], model.attributes, ok):
+            for attr, i, j, score in decode_spans(probs[b][keep], model.attributes, ok, need):
                 s, e = int(offs[i, 0]), int(offs[j, 1])
                 value = model.surface_forms.get(attr, {}).get(text[s:e].lower(), text[s:e])
                 spans.append(ExtractedSpan(attr, s, e, text[s:e], value, score))

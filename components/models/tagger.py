@@ -37,12 +37,15 @@ class ExtractionConfig(BaseModel):
     lambda_attribute: float = Field(1.0, ge=0)  # its loss weight
     lambda_kl: float = Field(0.0, ge=0)  # KL consistency between the head and the tagger (needs the head)
     range_minimisation: bool = False  # decode only attributes the head accepts (needs the head)
+    # ... and give each accepted attribute its best span where the tagger found none (the head
+    # picks the attribute set, the tagger where the values are, as in ULS-DRAM).
+    fill_accepted: bool = False
     attribute_threshold: float = Field(0.5, gt=0, lt=1)
 
     @model_validator(mode="after")
     def _needs_head(self) -> ExtractionConfig:
-        if not self.attribute_head and (self.lambda_kl > 0 or self.range_minimisation):
-            raise ValueError("lambda_kl and range_minimisation need attribute_head: true")
+        if not self.attribute_head and (self.lambda_kl > 0 or self.range_minimisation or self.fill_accepted):
+            raise ValueError("lambda_kl, range_minimisation and fill_accepted need attribute_head: true")
         return self
 
 
