@@ -193,11 +193,12 @@ def main() -> None:
     ap.add_argument("--freeze-layers", type=int, default=0)
     ap.add_argument("--no-widen", action="store_true", help="quarantine values found only inside a token")
     ap.add_argument("--reuse", action="store_true", help="load models saved by an earlier run")
+    ap.add_argument("--threads", type=int, default=2, help="torch CPU threads")
     ap.add_argument("--out", default="extraction", help="bench/results/<out>.{json,md}")
     ap.add_argument("--no-doc", action="store_true", help="leave docs/results.md alone")
     args = ap.parse_args()
     args.rows = [r for r in args.rows.split(",") if r]
-    torch.set_num_threads(min(2, os.cpu_count() or 1))
+    torch.set_num_threads(max(1, min(args.threads, os.cpu_count() or 1)))
     tokenizer = TextEncoder(TextEncoderConfig()).tokenizer
     t0 = time.time()
     results = {
