@@ -26,7 +26,7 @@ os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 import torch  # noqa: E402
 
 from bench.common import log  # noqa: E402
-from components.catalog.spans import SpanRow  # noqa: E402
+from components.catalog.spans import SpanRow, surface_forms, word_aligned_attributes  # noqa: E402
 from components.catalog.value_benchmarks import read_value_benchmark  # noqa: E402
 from components.evaluation.extraction_metrics import span_scores, value_r_at_p, value_scores  # noqa: E402
 from components.inference.extraction import best_values, extract  # noqa: E402
@@ -128,6 +128,10 @@ def run_subset(subset: str, args, tokenizer) -> dict:
             seconds = 0.0
         elif args.reuse and (mdir / "config.json").is_file():
             model, seconds = load_model(mdir), 0.0  # type: ignore[assignment]
+            # what training learns besides weights, recomputed from the same rows (models saved
+            # before these existed lack them)
+            model.surface_forms = surface_forms(train.accepted)
+            model.word_aligned = word_aligned_attributes(train.accepted)
         else:
             model = train_extractor(cfg, train.accepted, log=lambda m, n=name: log(f"{subset} {n} {m}"))
             seconds = time.time() - t0

@@ -9,7 +9,16 @@ import numpy as np
 import pytest
 import torch
 
-from components.catalog.spans import Span, SpanRow, locate_values, spans_from_attributes, surface_forms
+from components.catalog.spans import (
+    Span,
+    SpanRow,
+    locate_values,
+    snap_to_words,
+    spans_from_attributes,
+    surface_forms,
+    trim_separators,
+    word_aligned_attributes,
+)
 from components.catalog.value_benchmarks import read_value_benchmark
 from components.evaluation.extraction_metrics import outcome, span_scores, value_r_at_p, value_scores
 from components.inference.extraction import best_values, extract
@@ -86,6 +95,20 @@ def test_widen_labels_the_whole_token_and_learns_its_value():
     assert list(problems) == ["Color"]  # "9" is too small a share of "409" to widen to it
     row = SpanRow("1", text, "Caps", values, spans)
     assert surface_forms([row]) == {"Pattern": {"letters": "Letter"}}
+
+
+def test_learned_word_alignment_snaps_and_trims_spans():
+    rows = [
+        SpanRow("1", "Clarks Wave.Cruise Mary Jane", "Shoes", {"model": ["Wave.Cruise"]}, [Span(7, 18, "model")]),
+        SpanRow("2", "Kenneth Sim-Plicity Oxford", "Shoes", {"model": ["Plicity"]}, [Span(12, 19, "model")]),
+        SpanRow("3", "Lure 6.5cm", "Lure", {"length": ["6.5"]}, [Span(5, 8, "length")]),
+    ]
+    assert word_aligned_attributes(rows[:1]) == {"model": "chunk"}
+    assert word_aligned_attributes(rows) == {"model": "word"}  # "Plicity" is a word, not a chunk
+    text = "Clarks Wave.Cruise Mary Jane"
+    assert snap_to_words(text, 7, 11, "chunk") == (7, 18)  # "Wave" -> "Wave.Cruise"
+    assert snap_to_words("Sim-Plicity Oxford", 0, 9) == (0, 11)  # "Sim-Plici" -> "Sim-Plicity"
+    assert trim_separators("Shoe-49-Black", 4, 8) == (5, 7)  # "-49-" -> "49"
 
 
 def test_benchmark_reader_accepts_and_quarantines(tmp_path):

@@ -142,3 +142,57 @@ def spans_from_attributes(
     values = {a: [v for v in vs if v and v.strip()] for a, vs in values.items()}
     spans, problems = locate_values(title, values)
     return SpanRow(row_id, title, category, values, spans), problems
+
+
+_SEPARATORS = " \t,;"
+
+
+def chunk_boundaries(text: str) -> set[int]:
+    """Positions between whitespace- or comma-separated chunks ("Wave.Cruise" is one chunk)."""
+    return {
+        i for i in range(len(text) + 1) if i in (0, len(text)) or text[i - 1] in _SEPARATORS or text[i] in _SEPARATORS
+    }
+
+
+def word_aligned_attributes(rows: list[SpanRow], min_share: float = 0.98) -> dict[str, str]:
+    """Per attribute whose labelled spans (nearly) always start and end on chunk boundaries
+    ("chunk") or at least word boundaries ("word"): a tagger's span for it that stops inside one
+    ("Sim-Plici", "Wave" of "Wave.Cruise") can be snapped out to it."""
+    total: Counter[str] = Counter()
+    hits: dict[str, Counter[str]] = {"chunk": Counter(), "word": Counter()}
+    for r in rows:
+        edges = {"chunk": chunk_boundaries(r.text), "word": word_boundaries(r.text)}
+        for s in r.spans:
+            total[s.attribute] += 1
+            for level, e in edges.items():
+                hits[level][s.attribute] += s.start in e and s.end in e
+    out = {}
+    for a, n in sorted(total.items()):
+        level = next((lv for lv in ("chunk", "word") if hits[lv][a] >= min_share * n), None)
+        if level:
+            out[a] = level
+    return out
+
+
+def snap_to_words(text: str, start: int, end: int, level: str = "word") -> tuple[int, int]:
+    """Widen (start, end) so that it neither starts nor ends inside a word (or a chunk)."""
+    if level == "chunk":
+        while start > 0 and text[start - 1] not in _SEPARATORS and text[start] not in _SEPARATORS:
+            start -= 1
+        while end < len(text) and text[end - 1] not in _SEPARATORS and text[end] not in _SEPARATORS:
+            end += 1
+        return start, end
+    while 0 < start < len(text) and text[start - 1].isalnum() and text[start].isalnum():
+        start -= 1
+    while 0 < end < len(text) and text[end - 1].isalnum() and text[end].isalnum():
+        end += 1
+    return start, end
+
+
+def trim_separators(text: str, start: int, end: int, chars: str = " ,;:/-|") -> tuple[int, int]:
+    """Drop separators a span picked up at its edges ("49-" -> "49"), keeping at least one character."""
+    while end - start > 1 and text[end - 1] in chars:
+        end -= 1
+    while end - start > 1 and text[start] in chars:
+        start += 1
+    return start, end

@@ -12,6 +12,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
+from components.catalog.spans import snap_to_words, trim_separators
 from components.models.bio import decode_spans
 from components.models.tagger import ExtractionModel
 
@@ -60,6 +61,9 @@ def extract(
             spans = []
             for attr, i, j, score in decode_spans(probs[b][keep], model.attributes, ok, need):
                 s, e = int(offs[i, 0]), int(offs[j, 1])
+                if attr in model.word_aligned:
+                    s, e = snap_to_words(text, s, e, model.word_aligned[attr])
+                s, e = trim_separators(text, s, e)
                 value = model.surface_forms.get(attr, {}).get(text[s:e].lower(), text[s:e])
                 spans.append(ExtractedSpan(attr, s, e, text[s:e], value, score))
             out.append(spans)

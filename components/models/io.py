@@ -42,6 +42,7 @@ def save_model(
     meta = {"model": model.config.model_dump(mode="json"), "includes_encoders": include_encoders, **(extra or {})}
     if isinstance(model, ExtractionModel):
         meta["surface_forms"] = model.surface_forms
+        meta["word_aligned"] = model.word_aligned
     (out_dir / CONFIG).write_text(json.dumps(meta, indent=1))
     (out_dir / VOCAB).write_text(json.dumps({k: v.model_dump() for k, v in model.vocab.items()}, indent=1))
     if thresholds is not None:
@@ -70,6 +71,7 @@ def load_model(model_dir: str | Path, device: str | torch.device = "cpu") -> Att
         )
     if isinstance(model, ExtractionModel):
         model.surface_forms = meta.get("surface_forms", {})
+        model.word_aligned = meta.get("word_aligned", {})
     return model.to(device).eval()
 
 

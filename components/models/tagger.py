@@ -72,6 +72,9 @@ class ExtractionModel(nn.Module):
         self.attribute_head = nn.Linear(d, n) if config.attribute_head else None
         # Learned from training spans widened to whole tokens: span text -> the value it stands for.
         self.surface_forms: dict[str, dict[str, str]] = {}
+        # Learned from training spans too: attributes whose values are whole words, so a decoded span
+        # stopping inside a word is snapped out to it (catalog.spans.word_aligned_attributes).
+        self.word_aligned: dict[str, str] = {}
         self.eval()  # deterministic by default (no dropout); training calls .train()
 
     # -- inputs ---------------------------------------------------------------------------------

@@ -17,7 +17,7 @@ from collections.abc import Callable
 import torch
 from pydantic import BaseModel, ConfigDict, Field
 
-from components.catalog.spans import SpanRow, surface_forms
+from components.catalog.spans import SpanRow, surface_forms, word_aligned_attributes
 from components.models.heads import Vocab
 from components.models.model import create_model
 from components.models.tagger import ATTRIBUTES, ExtractionConfig, ExtractionModel
@@ -83,6 +83,7 @@ def train_extractor(
     model = create_model(config.model, {ATTRIBUTES: Vocab(kind="span", values=attrs)})
     assert isinstance(model, ExtractionModel)
     model.surface_forms = surface_forms(rows)
+    model.word_aligned = word_aligned_attributes(rows)
     _freeze_bottom(model, cfg.freeze_layers)
     enc = [p for p in model.text_encoder.parameters() if p.requires_grad]
     in_encoder = {id(p) for p in model.text_encoder.parameters()}
