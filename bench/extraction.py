@@ -192,7 +192,7 @@ def main() -> None:
     ap.add_argument("--train", default="train", help="train or train_0.2")
     ap.add_argument("--rows", default="", help="comma-separated learned rows (default: all)")
     ap.add_argument("--epochs", type=int, default=6)
-    ap.add_argument("--o-weight", type=float, default=1.0)
+    ap.add_argument("--o-weight", type=float, default=0.5, help="loss weight of O tags (1 = plain cross-entropy)")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--freeze-layers", type=int, default=0)
     ap.add_argument("--no-widen", action="store_true", help="quarantine values found only inside a token")
