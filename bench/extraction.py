@@ -32,7 +32,7 @@ from components.evaluation.extraction_metrics import span_scores, value_r_at_p, 
 from components.inference.extraction import best_values, extract  # noqa: E402
 from components.models.dictionary import ValueDictionary  # noqa: E402
 from components.models.encoders import TextEncoder, TextEncoderConfig  # noqa: E402
-from components.models.io import load_model, save_model  # noqa: E402
+from components.models.io import load_meta, load_model, save_model  # noqa: E402
 from components.models.tagger import ExtractionConfig, ExtractionModel, token_edges  # noqa: E402
 from components.training.extraction import (  # noqa: E402
     ExtractionTrainConfig,
@@ -127,7 +127,8 @@ def run_subset(subset: str, args, tokenizer) -> dict:
             model.config = cfg.model  # same weights, decoded through the attribute head
             seconds = 0.0
         elif args.reuse and (mdir / "config.json").is_file():
-            model, seconds = load_model(mdir), 0.0  # type: ignore[assignment]
+            model = load_model(mdir)  # type: ignore[assignment]
+            seconds = load_meta(mdir).get("train_seconds", 0.0)
             # what training learns besides weights, recomputed from the same rows (models saved
             # before these existed lack them)
             model.surface_forms = surface_forms(train.accepted)
@@ -135,7 +136,7 @@ def run_subset(subset: str, args, tokenizer) -> dict:
         else:
             model = train_extractor(cfg, train.accepted, log=lambda m, n=name: log(f"{subset} {n} {m}"))
             seconds = time.time() - t0
-            save_model(model, mdir)
+            save_model(model, mdir, extra={"train_seconds": seconds})
         models[name] = model
         res = tagger_row(model, test_rows, sets)
         res["train_seconds"] = seconds
