@@ -284,7 +284,9 @@ def test_real_default_encoder_learns_to_extract_a_brand():
             rows.append(SpanRow(str(len(rows)), text, "Shoes", {"Brand": [b]}, [Span(0, len(b), "Brand")]))
     cfg = ExtractionTrainConfig(
         model=ExtractionConfig(text={"max_length": 32}),
-        training=ExtractionTrainingConfig(epochs=8, batch_size=8, lr_text=1e-4, lr_head=3e-3, warmup_share=0.0),
+        training=ExtractionTrainingConfig(
+            epochs=8, batch_size=8, lr_text=1e-4, lr_head=3e-3, warmup_share=0.0, freeze_layers=3
+        ),
     )
     model = train_extractor(cfg, rows)
     found = best_values(extract(model, ["Stelvo Men's trail shoe size 9"], ["Shoes"])[0])
