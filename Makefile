@@ -21,7 +21,7 @@ MODEL         ?= demo
 export PREFECT_HOME ?= $(abspath $(ATTRFLOW_HOME))/prefect
 export PREFECT_SERVER_ANALYTICS_ENABLED := false
 
-.PHONY: setup demo test lint format serve ui clean bench bench-quality bench-finetune bench-seeds bench-tune bench-serving bench-loop bench-defaults bench-label-noise bench-stacking
+.PHONY: setup demo test lint format serve ui clean bench bench-quality bench-finetune bench-seeds bench-tune bench-serving bench-loop bench-defaults bench-label-noise bench-stacking bench-extraction
 
 setup: $(STAMP)
 
@@ -97,6 +97,14 @@ bench-tune: setup  ## trials in 10 minutes of search, tuned vs hand-picked (benc
 # is one, else a frozen concat trained on a catalog sample (first run only); ~6 minutes on 2 cores.
 bench-serving: setup  ## BentoML endpoint vs in-process ceiling: throughput, latency, batches, RSS (bench/serving.py)
 	$(BIN)/python bench/serving.py
+
+# Value extraction on the public benchmarks in ../shared/data/attribute-values (AE-110k, OA-Mine):
+# the dictionary baseline and the tagger rows, each trained on train.jsonl and scored on test.jsonl
+# by the benchmarks' counting rule (fine-tunes the default text encoder on the CPU), then the
+# low-resource rows (train_0.2.jsonl, a fifth of the training products).
+bench-extraction: setup  ## value extraction vs GPT-4 on AE-110k and OA-Mine (bench/extraction.py; docs/results.md)
+	$(BIN)/python bench/extraction.py
+	$(BIN)/python bench/extraction.py --train train_0.2 --epochs 10 --rows tagger,tagger+head+kl,tagger+head+kl+range,tagger+head+kl+range+fill --out extraction-low
 
 bench-loop: setup  ## drift -> event -> retrain -> champion/challenger -> hot swap, unattended (bench/closed_loop.py)
 	$(BIN)/python bench/closed_loop.py

@@ -45,6 +45,13 @@ def r_at_p(scores: np.ndarray, correct: np.ndarray, n_positive: int, target: flo
     return 0.0 if best is None else float(cum_correct[best] / n_positive)
 
 
+def score_threshold(scores: np.ndarray, correct: np.ndarray, target: float = 0.95) -> float | None:
+    """The lowest score whose prefix keeps precision >= target (None: no prefix does)."""
+    cum_correct, size, cut_scores = _cuts(scores, correct)
+    best = _best_cut(cum_correct, size, target)
+    return None if best is None else float(cut_scores[best])
+
+
 def precision_recall_points(scores: np.ndarray, correct: np.ndarray, n_positive: int) -> tuple[np.ndarray, np.ndarray]:
     """(precision, recall) at every distinct-score cut, highest threshold first."""
     cum_correct, size, _ = _cuts(scores, correct)

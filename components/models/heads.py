@@ -17,6 +17,13 @@ class HeadSpec:
     n_values: int
 
 
+class Vocab(BaseModel):
+    """The values of one attribute, in head-output order (an extraction model: its attributes)."""
+
+    kind: str
+    values: list[str]
+
+
 class HeadConfig(BaseModel):
     model_config = ConfigDict(extra="forbid")
     hidden: int = Field(256, ge=0)  # 0 = a linear head

@@ -17,8 +17,9 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from components.models.ensemble import EnsembleModel
-from components.models.model import AttributeModel, ModelConfig, Vocab
+from components.models.model import AttributeModel, Vocab, create_model
 from components.models.stacking import SIDES, StackedModel
+from components.models.tagger import ExtractionModel
 
 WEIGHTS, CONFIG, VOCAB, THRESHOLDS = "model.safetensors", "config.json", "vocab.json", "thresholds.json"
 MEMBERS = "members"  # an ensemble's (or stacked model's) member folders
@@ -26,7 +27,7 @@ STACKER = "stacker.safetensors"
 
 
 def save_model(
-    model: AttributeModel,
+    model: AttributeModel | ExtractionModel,
     out_dir: Path,
     thresholds: dict[str, list[float | None]] | None = None,
     include_encoders: bool = True,
@@ -41,6 +42,9 @@ def save_model(
         state = {k: v for k, v in state.items() if not k.startswith(("text_encoder.", "image_encoder."))}
     save_file({k: v.detach().contiguous().cpu() for k, v in state.items()}, str(out_dir / WEIGHTS))
     meta = {"model": model.config.model_dump(mode="json"), "includes_encoders": include_encoders, **(extra or {})}
+    if isinstance(model, ExtractionModel):
+        meta["surface_forms"] = model.surface_forms
+        meta["word_aligned"] = model.word_aligned
     (out_dir / CONFIG).write_text(json.dumps(meta, indent=1))
     (out_dir / VOCAB).write_text(json.dumps({k: v.model_dump() for k, v in model.vocab.items()}, indent=1))
     if thresholds is not None:
@@ -48,7 +52,7 @@ def save_model(
     return out_dir
 
 
-def load_model(model_dir: str | Path, device: str | torch.device = "cpu") -> AttributeModel:
+def load_model(model_dir: str | Path, device: str | torch.device = "cpu") -> AttributeModel | ExtractionModel:
     """A saved model folder -> its model in eval mode (an `EnsembleModel` for an ensemble folder,
     which predicts like an `AttributeModel`)."""
     model_dir = Path(model_dir)
@@ -60,7 +64,7 @@ def load_model(model_dir: str | Path, device: str | torch.device = "cpu") -> Att
     if "stacked" in meta:
         return load_stacked(model_dir, device)  # type: ignore[return-value]
     vocab = {k: Vocab.model_validate(v) for k, v in json.loads((model_dir / VOCAB).read_text()).items()}
-    model = AttributeModel(ModelConfig.model_validate(meta["model"]), vocab)
+    model = create_model(meta["model"], vocab)  # a classifier, or an extraction tagger (task: extraction)
     state = load_file(str(model_dir / WEIGHTS))
     missing, unexpected = model.load_state_dict(state, strict=False)
     if not meta["includes_encoders"]:
@@ -69,6 +73,9 @@ def load_model(model_dir: str | Path, device: str | torch.device = "cpu") -> Att
         raise ValueError(
             f"{model_dir}: weights do not match the config (missing {missing[:5]}, unexpected {unexpected[:5]})"
         )
+    if isinstance(model, ExtractionModel):
+        model.surface_forms = meta.get("surface_forms", {})
+        model.word_aligned = meta.get("word_aligned", {})
     return model.to(device).eval()
 
 

@@ -22,7 +22,8 @@ from components.models.fusion import (
     create_fusion,
     fusion_reads_pooled_text,
 )
-from components.models.heads import HeadConfig, HeadSpec, probabilities
+from components.models.heads import HeadConfig, HeadSpec, Vocab, probabilities
+from components.models.tagger import ExtractionConfig, ExtractionModel
 
 
 class LexicalConfig(BaseModel):
@@ -75,13 +76,6 @@ class LexicalEmbedding(nn.Module):
         if self.training and self.dropout > 0:
             weights = weights * (torch.rand_like(weights) >= self.dropout)
         return self.norm(self.bag(x.ids % self.buckets, x.offsets, per_sample_weights=weights))
-
-
-class Vocab(BaseModel):
-    """The values of one attribute, in head-output order."""
-
-    kind: str
-    values: list[str]
 
 
 class AttributeModel(nn.Module):
@@ -157,15 +151,25 @@ class AttributeModel(nn.Module):
         return text, image, rest
 
 
-def create_model(config: ModelConfig | dict | str, vocab: dict[str, Vocab | dict], **overrides) -> AttributeModel:
-    """Build a model from a config, a dict, or just a fusion name: `create_model("concat", vocab)`."""
-    if isinstance(config, str):
+def create_model(
+    config: ModelConfig | ExtractionConfig | dict | str, vocab: dict[str, Vocab | dict], **overrides
+) -> AttributeModel | ExtractionModel:
+    """Build a model from a config, a dict, or just a fusion name: `create_model("concat", vocab)`.
+    A config with `task: extraction` (or `create_model("extraction", {"attributes": ...})`) builds
+    the value-extraction tagger (components.models.tagger), whose vocab lists its attributes."""
+    if config == "extraction":
+        config = {"task": "extraction"}
+    elif isinstance(config, str):
         config = {"fusion": {"name": config}}
+    vocab = {k: v if isinstance(v, Vocab) else Vocab.model_validate(v) for k, v in vocab.items()}
+    if isinstance(config, dict) and config.get("task") == "extraction":
+        config = ExtractionConfig.model_validate({**config, **overrides})
+    if isinstance(config, ExtractionConfig):
+        return ExtractionModel(config.model_copy(update=overrides) if overrides else config, vocab)
     if isinstance(config, dict):
         config = ModelConfig.model_validate({**config, **overrides})
     elif overrides:
         config = config.model_copy(update=overrides)
-    vocab = {k: v if isinstance(v, Vocab) else Vocab.model_validate(v) for k, v in vocab.items()}
     if config.attributes is not None:
         missing = sorted(set(config.attributes) - set(vocab))
         if missing:

@@ -1,0 +1,79 @@
+"""Extraction at prediction time: products -> spans with offsets and confidence -> one value per attribute.
+
+spans = extract(model, texts, categories, allowed)      # every decoded span
+values = best_values(spans)                               # attribute -> its most confident span
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+from components.catalog.spans import snap_to_words, trim_separators
+from components.models.bio import decode_spans
+from components.models.tagger import ExtractionModel
+
+
+@dataclass(frozen=True)
+class ExtractedSpan:
+    attribute: str
+    start: int  # character offsets into the text
+    end: int
+    text: str  # the text at those offsets
+    value: str  # the value it stands for: `text`, or a known full form (the model's surface_forms)
+    score: float  # mean of 1 - p(O) over the span's tokens
+
+
+@torch.no_grad()
+def extract(
+    model: ExtractionModel,
+    texts: Sequence[str],
+    categories: Sequence[str],
+    allowed: Mapping[str, Sequence[str]] | None = None,
+    batch_size: int = 64,
+) -> list[list[ExtractedSpan]]:
+    """Spans per product. `allowed`: per category, the attributes it defines (others are not decoded;
+    None = all). With range minimisation, also only the attributes the attribute head accepts; with
+    fill_accepted, each accepted attribute gets at least its best span."""
+    model.eval()
+    out: list[list[ExtractedSpan]] = []
+    cfg = model.config
+    for lo in range(0, len(texts), batch_size):
+        tx, cats = list(texts[lo : lo + batch_size]), list(categories[lo : lo + batch_size])
+        batch = model.tokenize(tx, cats)
+        res = model(batch)
+        probs = res.tag_logits.softmax(-1).numpy()
+        accept = None
+        if (cfg.range_minimisation or cfg.fill_accepted) and res.attribute_logits is not None:
+            accept = (res.attribute_logits.sigmoid() >= cfg.attribute_threshold).numpy()
+        for b, (text, cat) in enumerate(zip(tx, cats, strict=True)):
+            ok = np.ones(len(model.attributes), dtype=bool)
+            if allowed is not None:
+                ok &= np.isin(model.attributes, list(allowed.get(cat, [])))
+            need = ok & accept[b] if accept is not None and cfg.fill_accepted else None
+            if accept is not None and cfg.range_minimisation:
+                ok &= accept[b]
+            keep = batch["title_mask"][b].numpy()
+            offs = batch["offsets"][b].numpy()[keep]
+            spans = []
+            for attr, i, j, score in decode_spans(probs[b][keep], model.attributes, ok, need):
+                s, e = int(offs[i, 0]), int(offs[j, 1])
+                if attr in model.word_aligned:
+                    s, e = snap_to_words(text, s, e, model.word_aligned[attr])
+                s, e = trim_separators(text, s, e)
+                value = model.surface_forms.get(attr, {}).get(text[s:e].lower(), text[s:e])
+                spans.append(ExtractedSpan(attr, s, e, text[s:e], value, score))
+            out.append(spans)
+    return out
+
+
+def best_values(spans: Sequence[ExtractedSpan]) -> dict[str, ExtractedSpan]:
+    """Per attribute, its most confident span (the benchmarks score one value per attribute)."""
+    best: dict[str, ExtractedSpan] = {}
+    for s in spans:
+        if s.attribute not in best or s.score > best[s.attribute].score:
+            best[s.attribute] = s
+    return best

@@ -1,0 +1,175 @@
+"""The value-extraction model: BIO tags per attribute on the text encoder's token vectors, an
+optional attribute-set head (which attributes the product has a value for), the KL consistency
+term between the two (M-JAVE) and attribute range minimisation at decoding (ULS-DRAM).
+
+Input: `title [SEP] category` (the category as the second segment, optional); only the title's
+tokens are tagged. A product's spans are character offsets into its title.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Literal
+
+import torch
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+from torch import nn
+from torch.nn import functional as F
+
+from components.catalog.spans import SpanRow
+from components.models.bio import N_TAGS, B, I, O
+from components.models.encoders import TextEncoder, TextEncoderConfig
+from components.models.heads import Vocab
+
+IGNORE = -100
+ATTRIBUTES = "attributes"  # the vocab key holding an extraction model's attribute list
+
+
+class ExtractionConfig(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    task: Literal["extraction"] = "extraction"
+    text: TextEncoderConfig = TextEncoderConfig(max_length=128)
+    category_input: bool = True  # feed the category as the second text segment
+    dropout: float = Field(0.1, ge=0, lt=1)
+    o_weight: float = Field(1.0, gt=0)  # loss weight of O tags (most of them) against B and I
+    attribute_head: bool = False  # multi-label head: which attributes the product has a value for
+    lambda_attribute: float = Field(1.0, ge=0)  # its loss weight
+    lambda_kl: float = Field(0.0, ge=0)  # KL consistency between the head and the tagger (needs the head)
+    range_minimisation: bool = False  # decode only attributes the head accepts (needs the head)
+    # ... and give each accepted attribute its best span where the tagger found none (the head
+    # picks the attribute set, the tagger where the values are, as in ULS-DRAM).
+    fill_accepted: bool = False
+    attribute_threshold: float = Field(0.5, gt=0, lt=1)
+
+    @model_validator(mode="after")
+    def _needs_head(self) -> ExtractionConfig:
+        if not self.attribute_head and (self.lambda_kl > 0 or self.range_minimisation or self.fill_accepted):
+            raise ValueError("lambda_kl, range_minimisation and fill_accepted need attribute_head: true")
+        return self
+
+
+@dataclass
+class ExtractionOutput:
+    tag_logits: torch.Tensor  # (B, T, A, 3)
+    title_mask: torch.Tensor  # (B, T) bool: the title's tokens (the ones tagged)
+    attribute_logits: torch.Tensor | None  # (B, A)
+
+
+class ExtractionModel(nn.Module):
+    def __init__(self, config: ExtractionConfig, vocab: dict[str, Vocab]):
+        super().__init__()
+        if ATTRIBUTES not in vocab:
+            raise ValueError(f"an extraction model's vocab needs {ATTRIBUTES!r} (its attribute list)")
+        self.config = config
+        self.vocab = {ATTRIBUTES: vocab[ATTRIBUTES]}
+        self.attributes: list[str] = list(vocab[ATTRIBUTES].values)
+        self.index = {a: i for i, a in enumerate(self.attributes)}
+        self.text_encoder = TextEncoder(config.text)
+        d, n = self.text_encoder.dim, len(self.attributes)
+        self.dropout = nn.Dropout(config.dropout)
+        self.tagger = nn.Linear(d, n * N_TAGS)
+        self.attribute_head = nn.Linear(d, n) if config.attribute_head else None
+        # Learned from training spans widened to whole tokens: span text -> the value it stands for.
+        self.surface_forms: dict[str, dict[str, str]] = {}
+        # Learned from training spans too: attributes whose values are whole words, so a decoded span
+        # stopping inside a word is snapped out to it (catalog.spans.word_aligned_attributes).
+        self.word_aligned: dict[str, str] = {}
+        self.eval()  # deterministic by default (no dropout); training calls .train()
+
+    # -- inputs ---------------------------------------------------------------------------------
+    def tokenize(self, texts: list[str], categories: list[str]) -> dict[str, torch.Tensor]:
+        tok = self.text_encoder.tokenizer
+        second = categories if self.config.category_input else None
+        enc = tok(
+            texts,
+            second,
+            padding="longest",
+            truncation="only_first" if second else True,
+            max_length=self.config.text.max_length,
+            return_offsets_mapping=True,
+            return_tensors="pt",
+        )
+        seq = [[s == 0 for s in enc.sequence_ids(i)] for i in range(len(texts))]
+        offsets = enc.pop("offset_mapping")
+        title = torch.tensor(seq, dtype=torch.bool) & (offsets[..., 1] > offsets[..., 0])
+        return {**dict(enc), "offsets": offsets, "title_mask": title}
+
+    def token_edges(self, text: str) -> set[int]:
+        return token_edges(self.text_encoder.tokenizer, text)
+
+    def labels(self, rows: list[SpanRow], batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        """Tag targets (B, T, A) and attribute targets (B, A). Only the attributes a product names
+        are supervised (IGNORE elsewhere): an attribute not named may still be in the title."""
+        offsets, title = batch["offsets"], batch["title_mask"]
+        bsz, T = title.shape
+        A = len(self.attributes)
+        tags = torch.full((bsz, T, A), IGNORE, dtype=torch.long)
+        present = torch.full((bsz, A), float(IGNORE))
+        for b, row in enumerate(rows):
+            named = torch.tensor([self.index[a] for a in row.values if a in self.index], dtype=torch.long)
+            tags[b, title[b].nonzero()[:, :1], named[None, :]] = O
+            for a in named:
+                present[b, a] = 0.0
+            for s in row.spans:
+                if s.attribute not in self.index:
+                    continue
+                a = self.index[s.attribute]
+                inside = title[b] & (offsets[b, :, 0] < s.end) & (offsets[b, :, 1] > s.start)
+                idx = inside.nonzero().flatten()
+                if len(idx):
+                    tags[b, idx, a] = I
+                    tags[b, idx[0], a] = B
+                    present[b, a] = 1.0
+        return {"tags": tags, "present": present}
+
+    # -- model ----------------------------------------------------------------------------------
+    def forward(self, batch: dict[str, torch.Tensor]) -> ExtractionOutput:
+        inputs = {k: batch[k] for k in ("input_ids", "attention_mask", "token_type_ids") if k in batch}
+        t = self.text_encoder(**inputs)
+        tokens = self.dropout(t.tokens)
+        bsz, T, _ = tokens.shape
+        logits = self.tagger(tokens).view(bsz, T, len(self.attributes), N_TAGS)
+        attr = self.attribute_head(self.dropout(t.pooled)) if self.attribute_head is not None else None
+        return ExtractionOutput(logits, batch["title_mask"], attr)
+
+    def loss(self, out: ExtractionOutput, labels: dict[str, torch.Tensor]) -> tuple[torch.Tensor, dict[str, float]]:
+        cfg = self.config
+        weight = torch.tensor([cfg.o_weight, 1.0, 1.0], device=out.tag_logits.device)
+        tags = labels["tags"].to(out.tag_logits.device)
+        tag_loss = F.cross_entropy(out.tag_logits.reshape(-1, N_TAGS), tags.reshape(-1), weight, ignore_index=IGNORE)
+        parts = {"tag": tag_loss.item()}
+        total = tag_loss
+        if out.attribute_logits is not None:
+            present = labels["present"].to(out.attribute_logits.device)
+            known = present >= 0
+            if known.any():
+                attr_loss = F.binary_cross_entropy_with_logits(out.attribute_logits[known], present[known])
+                total = total + cfg.lambda_attribute * attr_loss
+                parts["attribute"] = attr_loss.item()
+                if cfg.lambda_kl > 0:
+                    kl = consistency_kl(out.attribute_logits.sigmoid(), implied_attributes(out))[known].mean()
+                    total = total + cfg.lambda_kl * kl
+                    parts["kl"] = kl.item()
+        return total, parts
+
+
+def token_edges(tokenizer, text: str) -> set[int]:
+    """Character positions between a (fast) tokenizer's tokens: where a tagged span may start or end."""
+    enc = tokenizer(text, add_special_tokens=False, return_offsets_mapping=True)
+    return {p for a, b in enc["offset_mapping"] for p in (a, b)} | {0, len(text)}
+
+
+def implied_attributes(out: ExtractionOutput) -> torch.Tensor:
+    """(B, A): the probability the tagger gives each attribute a value, max over title tokens of 1 - p(O)."""
+    p_value = 1.0 - out.tag_logits.softmax(-1)[..., O]  # (B, T, A)
+    return p_value.masked_fill(~out.title_mask[..., None], 0.0).amax(1)
+
+
+def consistency_kl(p_head: torch.Tensor, p_tagger: torch.Tensor, eps: float = 1e-6) -> torch.Tensor:
+    """Elementwise KL(Bernoulli(p_head) || Bernoulli(p_tagger)): 0 where the two tasks agree."""
+    p, q = p_head.clamp(eps, 1 - eps), p_tagger.clamp(eps, 1 - eps)
+    return p * (p / q).log() + (1 - p) * ((1 - p) / (1 - q)).log()
+
+
+__all__ = ["B", "I", "O", "ExtractionConfig", "ExtractionModel", "ExtractionOutput", "consistency_kl"]

@@ -1,0 +1,293 @@
+"""Value extraction: distant labels, the benchmark reader, the counting rule, BIO decoding, the
+tagger (KL consistency, range minimisation, save/load) and one real-encoder run."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import torch
+
+from components.catalog.spans import (
+    Span,
+    SpanRow,
+    locate_values,
+    snap_to_words,
+    spans_from_attributes,
+    surface_forms,
+    trim_separators,
+    word_aligned_attributes,
+)
+from components.catalog.value_benchmarks import read_value_benchmark
+from components.evaluation.extraction_metrics import outcome, span_scores, value_r_at_p, value_scores
+from components.inference.extraction import best_values, extract
+from components.models.bio import B, I, O, decode_spans, spans_from_tags, viterbi, viterbi_one_span
+from components.models.dictionary import ValueDictionary
+from components.models.io import load_model, save_model
+from components.models.model import create_model
+from components.models.tagger import IGNORE, ExtractionConfig, consistency_kl
+from components.training.extraction import ExtractionTrainConfig, ExtractionTrainingConfig, train_extractor
+
+TINY_TEXT = {"name": "tiny-random", "max_length": 32}
+
+
+# -- distant labels -----------------------------------------------------------------------------
+def test_longest_match_first_and_case_insensitive():
+    text = "Nordvik navy blue Blue shirt"
+    spans, problems = locate_values(text, {"colour": ["Blue", "Navy Blue"]})
+    assert [s.text(text) for s in spans] == ["navy blue", "Blue"]  # the longer first, then the free "Blue"
+    assert problems == {}
+
+
+def test_token_boundaries_and_absent_value():
+    text = "Redwood lure 150mm 9g"
+    spans, problems = locate_values(text, {"colour": ["Red"], "length": ["mm"], "weight": ["9g"], "brand": ["Acme"]})
+    assert [(s.attribute, s.text(text)) for s in spans] == [("weight", "9g")]
+    assert "inside a token" in problems["colour"] and "inside a token" in problems["length"]
+    assert "not in the text" in problems["brand"]
+    assert "n/a" not in problems and locate_values(text, {"material": []}) == ([], {})
+
+
+def test_overlapping_attributes_exclusive_or_layered():
+    text = "FISH KING spinner"
+    values = {"brand": ["FISH KING"], "name": ["FISH KING spinner"]}
+    spans, problems = locate_values(text, values)  # exclusive: the longer wins, the brand is reported
+    assert [(s.attribute, s.start, s.end) for s in spans] == [("name", 0, 17)]
+    assert "overlaps" in problems["brand"]
+    spans, problems = locate_values(text, values, exclusive=False)  # one layer per attribute
+    assert sorted((s.attribute, s.start, s.end) for s in spans) == [("brand", 0, 9), ("name", 0, 17)]
+    assert problems == {}
+
+
+def test_fashion_distant_labels_from_attribute_columns():
+    title = "Nike Men Navy Blue Sports Shoes"
+    labels = {
+        "baseColour": "Navy Blue",
+        "gender": "Men",
+        "articleType": "Sports Shoes",
+        "usage": "Sports",
+        "season": "Fall",
+    }
+    row, problems = spans_from_attributes("1", title, "Footwear", labels)
+    assert {s.attribute: s.text(title) for s in row.spans} == {
+        "baseColour": "Navy Blue",
+        "gender": "Men",
+        "articleType": "Sports Shoes",
+    }
+    assert "overlaps" in problems["usage"] and "not in the text" in problems["season"]
+    assert row.values["season"] == ["Fall"]  # kept: a product without a span still counts
+
+
+def test_custom_boundaries_allow_subword_values():
+    text = "Lure 150mm"
+    edges = lambda t: {0, 4, 5, 8, 10}  # noqa: E731  e.g. a tokenizer's "150" "##mm"
+    spans, problems = locate_values(text, {"length": ["150"]}, edges)
+    assert [s.text(text) for s in spans] == ["150"] and problems == {}
+
+
+def test_widen_labels_the_whole_token_and_learns_its_value():
+    text = "FBI Letters Cap YE-409"
+    values = {"Pattern": ["Letter"], "Color": ["9"]}
+    assert set(locate_values(text, values)[1]) == {"Pattern", "Color"}  # inside tokens: no span
+    spans, problems = locate_values(text, values, widen=True)
+    assert [(s.attribute, s.text(text)) for s in spans] == [("Pattern", "Letters")]
+    assert list(problems) == ["Color"]  # "9" is too small a share of "409" to widen to it
+    row = SpanRow("1", text, "Caps", values, spans)
+    assert surface_forms([row]) == {"Pattern": {"letters": "Letter"}}
+
+
+def test_learned_word_alignment_snaps_and_trims_spans():
+    rows = [
+        SpanRow("1", "Clarks Wave.Cruise Mary Jane", "Shoes", {"model": ["Wave.Cruise"]}, [Span(7, 18, "model")]),
+        SpanRow("2", "Kenneth Sim-Plicity Oxford", "Shoes", {"model": ["Plicity"]}, [Span(12, 19, "model")]),
+        SpanRow("3", "Lure 6.5cm", "Lure", {"length": ["6.5"]}, [Span(5, 8, "length")]),
+    ]
+    assert word_aligned_attributes(rows[:1]) == {"model": "chunk"}
+    assert word_aligned_attributes(rows) == {"model": "word"}  # "Plicity" is a word, not a chunk
+    text = "Clarks Wave.Cruise Mary Jane"
+    assert snap_to_words(text, 7, 11, "chunk") == (7, 18)  # "Wave" -> "Wave.Cruise"
+    assert snap_to_words("Sim-Plicity Oxford", 0, 9) == (0, 11)  # "Sim-Plici" -> "Sim-Plicity"
+    assert trim_separators("Shoe-49-Black", 4, 8) == (5, 7)  # "-49-" -> "49"
+
+
+def test_benchmark_reader_accepts_and_quarantines(tmp_path):
+    rows = [
+        {"input": "Acme Lure 150mm", "category": "Lure", "target_scores": {"Brand": {"Acme": 1}, "Color": {"n/a": 1}}},
+        "not json",
+        {"input": "Acme Lure", "category": "Lure", "target_scores": {"Brand": {"Zeta": 1}}},
+        {"category": "Lure", "target_scores": {}},
+    ]
+    path = tmp_path / "test.jsonl"
+    path.write_text("\n".join(r if isinstance(r, str) else json.dumps(r) for r in rows) + "\n")
+    out = read_value_benchmark(path)
+    assert [r.id for r in out.accepted] == ["1"]
+    assert out.accepted[0].values == {"Brand": ["Acme"], "Color": []}
+    assert out.accepted[0].spans == [Span(0, 4, "Brand")]
+    reasons = {q.line: q.reason for q in out.quarantined}
+    assert "invalid JSON" in reasons[2] and "not in the text" in reasons[3] and "no input" in reasons[4]
+    assert [r.id for r in out.all_products()] == ["1", "3"]  # the unlabellable product is still scored
+    assert out.attribute_sets() == {"Lure": ["Brand", "Color"]}
+
+
+# -- metrics -------------------------------------------------------------------------------------
+def test_counting_rule_by_hand():
+    expected = [
+        {"Brand": ["Acme"], "Color": [], "Size": ["10 D"]},
+        {"Brand": ["Zeta", "ZETA"], "Color": ["red"], "Size": []},
+    ]
+    predicted = [
+        {"Brand": "Acme ", "Color": None, "Size": "10"},  # VC (spaces stripped), NN, VW
+        {"Brand": "ZETA", "Size": "XL", "Weight": "5g"},  # VC (second accepted value), VN, NV; Weight not named
+    ]
+    assert [outcome(["Acme"], "acme"), outcome([], ""), outcome(["x"], None)] == ["VW", "NN", "VN"]
+    res = value_scores(expected, predicted)
+    m = res["micro"]
+    assert (m["NN"], m["NV"], m["VN"], m["VC"], m["VW"]) == (1, 1, 1, 2, 1)
+    assert m["precision"] == pytest.approx(2 / 4) and m["recall"] == pytest.approx(2 / 4)
+    assert m["f1"] == pytest.approx(0.5)
+    assert res["per_attribute"]["Brand"]["f1"] == 1.0 and res["per_attribute"]["Size"]["precision"] == 0.0
+    assert "Weight" not in res["per_attribute"]
+
+
+def test_span_f1_and_value_r_at_p95_by_hand():
+    gold = [[("brand", 0, 4), ("colour", 5, 8)], [("brand", 0, 3)]]
+    pred = [[("brand", 0, 4), ("colour", 5, 9)], [("brand", 0, 3), ("size", 4, 6)]]
+    s = span_scores(gold, pred)
+    assert s["micro"]["precision"] == pytest.approx(2 / 4) and s["micro"]["recall"] == pytest.approx(2 / 3)
+    assert s["per_attribute"]["colour"]["f1"] == 0.0 and s["per_attribute"]["brand"]["f1"] == 1.0
+    expected = [{"a": ["x"], "b": ["y"]}, {"a": ["z"], "b": []}]
+    predicted = [{"a": "x", "b": "w"}, {"a": "z", "b": None}]
+    conf = [{"a": 0.9, "b": 0.5}, {"a": 0.8}]
+    # ranked: 0.9 right, 0.8 right, 0.5 wrong: 2 of 3 expected values at precision 1
+    assert value_r_at_p(expected, predicted, conf) == pytest.approx(2 / 3)
+
+
+# -- BIO -----------------------------------------------------------------------------------------
+def test_spans_from_tags_reads_invalid_i_after_o_as_a_start():
+    assert spans_from_tags([O, I, I, O, B, I, B]) == [(1, 2), (4, 5), (6, 6)]
+    assert spans_from_tags([I]) == [(0, 0)] and spans_from_tags([O, O]) == []
+
+
+def _probs(rows):
+    return np.asarray(rows, dtype=float)
+
+
+def test_viterbi_never_puts_i_after_o_and_layers_overlap():
+    # token 1's I is the argmax but O precedes it: the best valid path is B at token 1
+    layer_a = [[0.9, 0.05, 0.05], [0.1, 0.35, 0.55], [0.1, 0.1, 0.8], [0.9, 0.05, 0.05]]
+    layer_b = [[0.1, 0.8, 0.1], [0.1, 0.1, 0.8], [0.9, 0.05, 0.05], [0.9, 0.05, 0.05]]
+    probs = np.stack([_probs(layer_a), _probs(layer_b)], axis=1)  # (T, A, 3)
+    tags = viterbi(np.log(probs))
+    assert tags[:, 0].tolist() == [O, B, I, O] and tags[:, 1].tolist() == [B, I, O, O]
+    spans = decode_spans(probs, ["brand", "name"])
+    assert [(a, i, j) for a, i, j, _ in spans] == [("brand", 1, 2), ("name", 0, 1)]  # overlapping layers
+    assert spans[0][3] == pytest.approx(np.mean([0.9, 0.9]))  # mean 1 - p(O)
+    assert [a for a, *_ in decode_spans(probs, ["brand", "name"], [False, True])] == ["name"]
+
+
+def test_required_attribute_gets_its_best_single_span():
+    layer = [[0.9, 0.05, 0.05], [0.6, 0.3, 0.1], [0.4, 0.05, 0.55], [0.95, 0.04, 0.01]]  # all O when free
+    probs = _probs(layer)[:, None, :]
+    assert viterbi_one_span(np.log(probs))[:, 0].tolist() == [O, B, I, O]
+    assert decode_spans(probs, ["brand"]) == []
+    assert [(a, i, j) for a, i, j, _ in decode_spans(probs, ["brand"], required=[True])] == [("brand", 1, 2)]
+
+
+# -- the tagger ----------------------------------------------------------------------------------
+def _tiny(**cfg):
+    torch.manual_seed(0)
+    return create_model(
+        {"task": "extraction", "text": TINY_TEXT, **cfg},
+        {"attributes": {"kind": "span", "values": ["brand", "colour"]}},
+    )
+
+
+def test_labels_tag_spans_and_ignore_unnamed_attributes():
+    model = _tiny()
+    row = SpanRow("1", "Acme red shirt", "Shirts", {"brand": ["Acme"]}, [Span(0, 4, "brand")])
+    batch = model.tokenize([row.text], [row.category])
+    lab = model.labels([row], batch)
+    title = batch["title_mask"][0]
+    brand = lab["tags"][0, title, 0].tolist()
+    n = len(model.text_encoder.tokenizer.tokenize("Acme"))  # its word pieces: B, then I
+    assert brand == [B] + [I] * (n - 1) + [O] * (len(brand) - n)
+    assert set(lab["tags"][0, :, 1].tolist()) == {IGNORE}  # colour not named: no loss for it
+    assert set(lab["tags"][0, ~title, 0].tolist()) == {IGNORE}  # [CLS], [SEP] and the category
+    assert lab["present"][0].tolist() == [1.0, float(IGNORE)]
+
+
+def test_kl_consistency_is_zero_when_tasks_agree():
+    p = torch.tensor([[0.1, 0.9, 0.5]])
+    assert torch.allclose(consistency_kl(p, p), torch.zeros_like(p), atol=1e-6)
+    assert (consistency_kl(p, 1 - p)[0, :2] > 0.5).all()
+    with pytest.raises(ValueError, match="attribute_head"):
+        ExtractionConfig(lambda_kl=0.1)
+
+
+def test_range_minimisation_removes_tags_of_rejected_attributes():
+    model = _tiny(attribute_head=True)
+    with torch.no_grad():  # every token B for every attribute; the head rejects colour, accepts brand
+        model.tagger.weight.zero_()
+        model.tagger.bias.copy_(torch.tensor([0.0, 5.0, 0.0] * 2))
+        model.attribute_head.weight.zero_()
+        model.attribute_head.bias.copy_(torch.tensor([5.0, -5.0]))
+    texts, cats = ["Acme red shirt"], ["Shirts"]
+    assert {s.attribute for s in extract(model, texts, cats)[0]} == {"brand", "colour"}
+    model.config = model.config.model_copy(update={"range_minimisation": True})
+    found = extract(model, texts, cats)[0]
+    assert found and {s.attribute for s in found} == {"brand"}
+    assert {s.attribute for s in extract(model, texts, cats, {"Shirts": ["colour"]})[0]} == set()
+    with torch.no_grad():  # the tagger now finds nothing; fill_accepted gives the accepted brand one span
+        model.tagger.bias.copy_(torch.tensor([5.0, 0.0, 0.0] * 2))
+    assert extract(model, texts, cats)[0] == []
+    model.config = model.config.model_copy(update={"fill_accepted": True})
+    found = extract(model, texts, cats)[0]
+    assert len(found) == 1 and found[0].attribute == "brand"
+
+
+def test_save_load_round_trip(tmp_path):
+    model = _tiny(attribute_head=True, lambda_kl=0.5)
+    batch = model.tokenize(["Acme red shirt", "blue bag"], ["Shirts", "Bags"])
+    before = model(batch)
+    model.surface_forms = {"colour": {"reds": "red"}}
+    loaded = load_model(save_model(model, tmp_path / "m"))
+    assert loaded.surface_forms == model.surface_forms
+    after = loaded(batch)
+    assert loaded.attributes == ["brand", "colour"] and loaded.config == model.config
+    assert torch.allclose(before.tag_logits, after.tag_logits) and torch.allclose(
+        before.attribute_logits, after.attribute_logits
+    )
+
+
+def test_dictionary_baseline_longest_known_value_per_category():
+    rows = [
+        SpanRow("1", "Acme navy blue shirt", "Shirts", {"colour": ["navy blue"], "brand": ["Acme"]}),
+        SpanRow("2", "Zeta blue shirt", "Shirts", {"colour": ["blue"], "brand": ["Zeta"]}),
+        SpanRow("3", "Omega red bag", "Bags", {"colour": ["red"]}),
+    ]
+    d = ValueDictionary.fit(rows)
+    text = "Zeta Navy Blue red shirt"
+    found = d.predict(text, "Shirts", ["colour", "brand", "size"])
+    assert {a: text[s:e] for a, (s, e) in found.items()} == {"colour": "Navy Blue", "brand": "Zeta"}
+    assert d.predict(text, "Bags", ["colour"]) == {"colour": (15, 18)}
+
+
+def test_real_default_encoder_learns_to_extract_a_brand():
+    torch.set_num_threads(2)
+    brands = ["Acme", "Zorbo", "Kelvix", "Truvo", "Nimbra", "Pelto", "Quarn", "Vexa"]
+    items = ["running shoe", "leather boot", "canvas sneaker", "trail shoe"]
+    rows = []
+    for i, b in enumerate(brands):
+        for j, it in enumerate(items[:2] if i % 2 else items[2:]):
+            text = f"{b} Men's {it} size {8 + j}"
+            rows.append(SpanRow(str(len(rows)), text, "Shoes", {"Brand": [b]}, [Span(0, len(b), "Brand")]))
+    cfg = ExtractionTrainConfig(
+        model=ExtractionConfig(text={"max_length": 32}),
+        training=ExtractionTrainingConfig(
+            epochs=8, batch_size=8, lr_text=1e-4, lr_head=3e-3, warmup_share=0.0, freeze_layers=3
+        ),
+    )
+    model = train_extractor(cfg, rows)
+    found = best_values(extract(model, ["Stelvo Men's trail shoe size 9"], ["Shoes"])[0])
+    assert "Brand" in found and found["Brand"].text == "Stelvo" and found["Brand"].start == 0
