@@ -6,6 +6,7 @@ import pytest
 import torch
 
 from components.features.encoded import Features
+from components.features.lexical import LexicalBatch, hashed_ngrams, product_texts
 from components.features.preprocess import encode_labels
 from components.models.fusion import FUSIONS, kl_to_uniform
 from components.models.io import load_model, save_model
@@ -27,12 +28,13 @@ def _model(fusion: str, **fusion_kw):
 
 
 def _batch(model, n=4, with_image=(True, True, False, True)):
-    batch = model.text_encoder.tokenize(
-        ["red shirt", "white dress with a long description", "bag", ""], ["", "", "", "blue"]
-    )
+    titles, descriptions = ["red shirt", "white dress with a long description", "bag", ""], ["", "", "", "blue"]
+    batch = model.text_encoder.tokenize(titles, descriptions)
     pixels = torch.randn(n, 3, 32, 32)
     has = torch.tensor(with_image)
     batch.update(pixels=pixels * has[:, None, None, None], has_image=has)
+    # The lexical channel (on by default where the fusion reads the text) reads the hashed n-grams.
+    batch.update(LexicalBatch.from_rows(hashed_ngrams(product_texts(titles, descriptions))).as_dict())
     return batch
 
 
