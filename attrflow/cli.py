@@ -401,6 +401,41 @@ def tune_cmd(
         typer.echo(json.dumps(result, default=str))
 
 
+@app.command("deploy")
+def deploy_cmd(
+    pool: Annotated[
+        str,
+        typer.Option(envvar="ATTRFLOW_WORK_POOL", help="Prefect work pool (created as a process pool if missing)."),
+    ],
+    source: Annotated[
+        str | None,
+        typer.Option(help="Git URL or folder of an attrflow checkout the workers load the flows from (from_source)."),
+    ] = None,
+    working_dir: Annotated[
+        Path | None, typer.Option(help="Where the workers run each flow (default: this directory).")
+    ] = None,
+    create_pool: Annotated[bool, typer.Option(help="Create the pool when the server has none of that name.")] = True,
+    as_json: Annotated[bool, typer.Option("--json", help="End with one JSON line of the deployment ids.")] = False,
+) -> None:
+    """Register attrflow's deployments (flows/deployments.py) on a Prefect work pool at PREFECT_API_URL,
+    so that the pool's workers (`prefect worker start --pool NAME`) run them."""
+    import os
+
+    if not os.environ.get("PREFECT_API_URL"):
+        _fail("PREFECT_API_URL is not set: a work pool lives on a Prefect server (e.g. http://127.0.0.1:4200/api)")
+    if working_dir is not None and not working_dir.is_dir():
+        _fail(f"--working-dir {working_dir}: no such folder")
+    from flows.deployments import deploy_to_pool
+
+    try:
+        ids = deploy_to_pool(pool, source=source, working_dir=working_dir, create_pool=create_pool)
+    except ValueError as e:
+        _fail(str(e))
+    typer.echo(f"{len(ids)} deployments on work pool {pool!r}; start a worker: prefect worker start --pool {pool}")
+    if as_json:
+        typer.echo(json.dumps({"pool": pool, "deployment_ids": [str(i) for i in ids]}))
+
+
 @app.command("serve")
 def serve_cmd(
     model_name: Annotated[

@@ -1,7 +1,9 @@
 """The Ray side of a search: a local instance or a cluster connection, and what the workers need.
 
 with ray_session():                        # local Ray on this machine's cores, shut down after
-with ray_session("ray://head:10001"):      # an existing cluster
+with ray_session("ray://head:10001"):      # an existing cluster (also: ATTRFLOW_RAY_ADDRESS)
+
+A local instance binds 127.0.0.1 only: nothing of it is reachable from another machine.
 """
 
 from __future__ import annotations
@@ -35,8 +37,9 @@ def worker_env(home: Path | None = None) -> dict[str, str]:
 
 @contextmanager
 def ray_session(address: str | None = None, env: dict[str, str] | None = None) -> Iterator[None]:
-    """A local Ray instance (all CPUs, no dashboard) started here and shut down after, or a
-    connection to the cluster at `address` (ray://host:10001 or auto). Reuses one already up."""
+    """A local Ray instance (all CPUs, no dashboard, on 127.0.0.1) started here and shut down after,
+    or a connection to the cluster at `address` (ray://host:10001, a head's host:port, or auto;
+    default ATTRFLOW_RAY_ADDRESS). Reuses one already up."""
     for k, v in RAY_ENV.items():
         os.environ.setdefault(k, v)
     import ray
@@ -45,10 +48,17 @@ def ray_session(address: str | None = None, env: dict[str, str] | None = None) -
         yield
         return
     runtime_env = {"env_vars": env or worker_env()}
+    address = address or get_settings().ray_address
     if address:
         ray.init(address=address, runtime_env=runtime_env, log_to_driver=True)
     else:
-        ray.init(num_cpus=os.cpu_count(), include_dashboard=False, runtime_env=runtime_env, log_to_driver=True)
+        ray.init(
+            num_cpus=os.cpu_count(),
+            include_dashboard=False,
+            runtime_env=runtime_env,
+            log_to_driver=True,
+            _node_ip_address="127.0.0.1",
+        )
     try:
         yield
     finally:
