@@ -21,7 +21,7 @@ MODEL         ?= demo
 export PREFECT_HOME ?= $(abspath $(ATTRFLOW_HOME))/prefect
 export PREFECT_SERVER_ANALYTICS_ENABLED := false
 
-.PHONY: setup demo test lint format serve ui clean bench bench-quality bench-finetune bench-seeds bench-tune bench-serving bench-loop
+.PHONY: setup demo test lint format serve ui clean bench bench-quality bench-finetune bench-seeds bench-tune bench-serving bench-loop bench-scale
 
 setup: $(STAMP)
 
@@ -97,6 +97,13 @@ bench-tune: setup  ## trials in 10 minutes of search, tuned vs hand-picked (benc
 # is one, else a frozen concat trained on a catalog sample (first run only); ~6 minutes on 2 cores.
 bench-serving: setup  ## BentoML endpoint vs in-process ceiling: throughput, latency, batches, RSS (bench/serving.py)
 	$(BIN)/python bench/serving.py
+
+# Batch scoring in process vs local Ray vs a 2-node local cluster (equal cores), search trials per
+# 10 minutes on 2 nodes vs local, the pipeline through a work-pool worker vs in process. The whole
+# catalog and 10-minute searches: ~1 hour on 2 cores. Smaller: SCALE_ARGS="--products 2000 --tune-seconds 120".
+bench-scale: setup  ## distributed vs in-process at equal cores: scoring, search, pipeline (bench/scale.py)
+	mkdir -p $(PREFECT_HOME)
+	$(BIN)/python bench/scale.py $(SCALE_ARGS)
 
 bench-loop: setup  ## drift -> event -> retrain -> champion/challenger -> hot swap, unattended (bench/closed_loop.py)
 	$(BIN)/python bench/closed_loop.py

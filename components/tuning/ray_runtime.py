@@ -22,6 +22,9 @@ RAY_ENV = {
     "TUNE_DISABLE_AUTO_CALLBACK_LOGGERS": "1",
     "RAY_AIR_NEW_OUTPUT": "1",
     "RAY_ENABLE_UV_RUN_RUNTIME_ENV": "0",
+    # Ray starts its workers at nice 15, as background work; here they are the job (trials, batch
+    # scoring). On a machine shared with other work they would get ~1/30 of a core each.
+    "RAY_worker_niceness": "0",
 }
 
 
@@ -51,18 +54,40 @@ def ray_session(address: str | None = None, env: dict[str, str] | None = None) -
     address = address or get_settings().ray_address
     if address:
         ray.init(address=address, runtime_env=runtime_env, log_to_driver=True)
-    else:
-        ray.init(
-            num_cpus=os.cpu_count(),
-            include_dashboard=False,
-            runtime_env=runtime_env,
-            log_to_driver=True,
-            _node_ip_address="127.0.0.1",
-        )
+        try:
+            yield
+        finally:
+            ray.shutdown()
+        return
+    with _loopback_only():
+        ray.init(num_cpus=os.cpu_count(), include_dashboard=False, runtime_env=runtime_env, log_to_driver=True)
+        try:
+            yield
+        finally:
+            ray.shutdown()
+
+
+@contextmanager
+def _loopback_only() -> Iterator[None]:
+    """A local instance on 127.0.0.1 only. On Linux Ray replaces a loopback node address (even an
+    explicit `_node_ip_address="127.0.0.1"`) by the machine's address, and its GCS and raylet then
+    listen on every interface; with multi-node clustering off (Ray's switch for Windows / macOS)
+    it keeps 127.0.0.1 and every process it starts listens there. The switch is read once at
+    import by this process, and from the environment by the processes Ray starts; both are
+    restored afterwards, so a later cluster connection from this process still works."""
+    from ray._private import ray_constants
+
+    name = ray_constants.ENABLE_RAY_CLUSTERS_ENV_VAR
+    before_env, before_flag = os.environ.get(name), ray_constants.ENABLE_RAY_CLUSTER
+    os.environ[name], ray_constants.ENABLE_RAY_CLUSTER = "0", False
     try:
         yield
     finally:
-        ray.shutdown()
+        ray_constants.ENABLE_RAY_CLUSTER = before_flag
+        if before_env is None:
+            os.environ.pop(name, None)
+        else:
+            os.environ[name] = before_env
 
 
 def gpus_available() -> bool:

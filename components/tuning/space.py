@@ -132,6 +132,10 @@ class SearchSpec(_Strict):
     resources: Resources = Resources()
     retrain_on_train_validation: bool = False  # retrain the best config on train + validation
     keep_trial_models: bool = False  # keep every trial's model folder (default: only the best)
+    # A finished trial's Ray worker takes the next trial (torch, the encoders' code and the dataset
+    # stay loaded). false: every trial starts a fresh worker wherever a CPU is free, so that trials
+    # spread over a cluster's nodes even while workers start slowly.
+    reuse_actors: bool = True
     parameters: Parameters = Parameters()
 
     # Filled by load_search: the resolved base TrainConfig (as a dict) and the file's path.

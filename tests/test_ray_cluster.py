@@ -1,0 +1,153 @@
+"""A two-node Ray cluster on this machine, for real: a head and a second node started with
+`ray start` (one CPU each, own temp folders and ports), `attrflow tune --address` against it, trials
+on both nodes, every trial in the registry (SQLite always, PostgreSQL too when ATTRFLOW_TEST_PG_URL
+is set). The nodes are started with --node-ip-address 127.0.0.1, but Ray gives a multi-node
+cluster the machine's address (it refuses loopback for more than one node); a local Ray of one
+node binds 127.0.0.1 only (the last test).
+
+The cluster is bench/local_cluster.py's (the scale benchmark uses it too); its teardown ends the
+process groups it started, not `ray stop`, which would end every Ray process on the machine."""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+import pytest
+from test_tune import _search_file
+from typer.testing import CliRunner
+
+from bench.local_cluster import LocalCluster
+from components.catalog import ingest, load_spec
+from components.catalog.demo import write_demo_catalog
+from components.registry import Registry
+
+pytestmark = pytest.mark.slow
+
+
+@pytest.fixture(scope="module")
+def cluster():
+    c = LocalCluster(nodes=2, cpus_per_node=1)
+    try:
+        nodes = c.start()
+        yield c, nodes
+    finally:
+        c.stop()
+    assert not c.leftovers(), "Ray processes of the test cluster still running"
+
+
+@pytest.fixture(scope="module")
+def prefect_server():
+    from prefect.testing.utilities import prefect_test_harness
+
+    with prefect_test_harness(server_startup_timeout=120):
+        yield
+
+
+@pytest.fixture
+def cluster_token(cluster):
+    """The driver (this process) authenticates with the cluster's token. Ray reads RAY_AUTH_MODE into
+    its config once per process (here: at import), so it is read again, as Ray itself does when it
+    turns token mode on (authentication_token_setup.py), and once more afterwards."""
+    from ray._raylet import Config
+
+    c, _ = cluster
+    before = {k: os.environ.get(k) for k in c.auth}
+    os.environ.update(c.auth)
+    Config.initialize("")
+    yield
+    for k, v in before.items():
+        if v is None:
+            os.environ.pop(k, None)
+        else:
+            os.environ[k] = v
+    Config.initialize("")
+
+
+def test_tune_on_a_two_node_cluster_runs_trials_on_both_nodes(
+    cluster, cluster_token, prefect_server, registry_backend, tmp_path
+):
+    import ray
+
+    from attrflow.cli import app
+
+    c, nodes = cluster
+    assert len(set(nodes)) == 2
+    dataset = ingest(load_spec(write_demo_catalog(tmp_path / "catalog", n=100, seed=7))).dataset_dir
+    search = _search_file(
+        tmp_path / "search.yaml",
+        trials=4,
+        parameters={"fusion": {"type": "choice", "values": ["text", "concat"]}, "epochs": 2},
+        asha={"grace_period": 2},  # no early stops: every trial runs both epochs
+        # A fresh worker per trial: with reuse, the first node's worker could take every trial
+        # while the other node's worker is still starting (slowly, on a busy machine).
+        reuse_actors=False,
+    )
+    out = CliRunner().invoke(
+        app, ["tune", str(dataset), search, "--address", c.address, "--model-name", "clustered", "--json"]
+    )
+    assert out.exit_code == 0, f"{out.output}\n{c.logs()}"
+    result = _last_json(out.output)
+    assert not ray.is_initialized()  # the flow let go of the cluster ...
+    assert all(p.poll() is None for p in c.procs)  # ... and left it running
+
+    with Registry() as registry:
+        trials = registry.list_runs(kind="tune-trial")
+        assert len(trials) == 4 == len(result["trials"])
+        assert all(t.status == "completed" and t.parent_run_id == result["run_id"] for t in trials)
+        ran_on = {t.metrics["node_id"] for t in trials}
+        assert ran_on == set(nodes), f"trials ran on {ran_on}, cluster nodes {nodes}"
+        assert all(e["node_id"] == t.metrics["node_id"] for t in trials for e in t.epoch_metrics)
+        assert registry.get_production("clustered") is not None
+
+
+def test_a_local_ray_binds_127_0_0_1(tmp_path):
+    import ray
+
+    from components.tuning import ray_session
+
+    with ray_session():
+        assert {n["NodeManagerAddress"] for n in ray.nodes()} == {"127.0.0.1"}
+        listening = _listening_addresses()
+    assert not ray.is_initialized()
+    assert listening and listening <= {"127.0.0.1", "::ffff:127.0.0.1"}, listening
+
+
+def _listening_addresses() -> set[str]:
+    """The addresses the TCP sockets of this process's children (Ray's GCS, raylet, workers) listen on."""
+    import psutil
+
+    children = psutil.Process().children(recursive=True)
+    inodes = set()
+    for child in children:
+        try:
+            for fd in Path(f"/proc/{child.pid}/fd").iterdir():
+                target = os.readlink(fd)
+                if target.startswith("socket:["):
+                    inodes.add(target[8:-1])
+        except OSError:
+            continue
+    found = set()
+    for table, v6 in (("/proc/net/tcp", False), ("/proc/net/tcp6", True)):
+        for line in Path(table).read_text().splitlines()[1:]:
+            fields = line.split()
+            if fields[3] == "0A" and fields[9] in inodes:  # state LISTEN
+                found.add(_address(fields[1].split(":")[0], v6))
+    return found
+
+
+def _address(hexaddr: str, v6: bool) -> str:
+    import ipaddress
+
+    raw = bytes.fromhex(hexaddr)
+    if not v6:
+        return str(ipaddress.IPv4Address(raw[::-1]))
+    words = b"".join(raw[i : i + 4][::-1] for i in range(0, 16, 4))  # /proc prints 4-byte words little-endian
+    addr = ipaddress.IPv6Address(words)
+    return f"::ffff:{addr.ipv4_mapped}" if addr.ipv4_mapped else str(addr)
+
+
+def _last_json(output: str) -> dict:
+    """The command's JSON line (Ray's worker logs may follow it in the captured output)."""
+    return json.loads(next(line for line in reversed(output.splitlines()) if line.startswith("{")))
