@@ -137,3 +137,23 @@ def test_a_worker_of_the_pool_runs_the_pipeline_deployment(prefect_server, regis
     with get_client(sync_client=True) as client:
         train_flow_run = client.read_flow_run(train_runs[0].flow_run_id)
     assert train_flow_run.parent_task_run_id is not None  # a subflow of the run the worker started
+
+
+def test_deployments_from_source_carry_the_checkout_as_storage(tmp_path):
+    """`attrflow deploy --source`: the flows loaded with Flow.from_source (here from this checkout's
+    folder; a git URL works the same way), file entrypoints, the source as the deployments' storage."""
+    from pathlib import Path
+
+    from prefect import Flow
+
+    from flows.deployments import ENTRYPOINTS, build_deployments
+
+    checkout = Path(__file__).resolve().parent.parent
+    flows = {"pipeline": Flow.from_source(str(checkout), ENTRYPOINTS["pipeline"])}
+    pipeline = next(
+        d
+        for d in build_deployments(flows=flows, job_variables={"working_dir": str(tmp_path)})
+        if d.name == "scheduled-retrain"
+    )
+    assert pipeline.entrypoint == "flows/pipeline.py:pipeline_flow" and pipeline.storage is not None
+    assert pipeline.job_variables == {"working_dir": str(tmp_path)}
