@@ -116,6 +116,30 @@ class LocalCluster:
             time.sleep(2)
         raise TimeoutError(f"{nodes} Ray node(s) not up after {timeout} s: {self.logs()}")
 
+    @contextlib.contextmanager
+    def driver_auth(self):
+        """This process authenticates as a driver of the cluster (its token in the environment),
+        and is back to its own settings afterwards. Ray keeps the auth mode in its config and the
+        token in a cache, once per process: both are read again on the way in and on the way out
+        (as ray._private.authentication_test_utils.reset_auth_token_state does), else a later
+        local Ray of this process would present this cluster's token."""
+        from ray._raylet import AuthenticationTokenLoader, Config
+
+        before = {k: os.environ.get(k) for k in self.auth}
+        os.environ.update(self.auth)
+        Config.initialize("")
+        AuthenticationTokenLoader.instance().reset_cache()
+        try:
+            yield
+        finally:
+            for k, v in before.items():
+                if v is None:
+                    os.environ.pop(k, None)
+                else:
+                    os.environ[k] = v
+            Config.initialize("")
+            AuthenticationTokenLoader.instance().reset_cache()
+
     def logs(self) -> str:
         return "\n".join(f"--- {p.name}\n{p.read_text(errors='replace')[-2000:]}" for p in self.root.glob("*.log"))
 

@@ -132,6 +132,7 @@ def tune_runs(dataset, seconds: float, cluster: LocalCluster, out_dir: Path) -> 
 
     spec = load_search(ROOT / "configs" / "search" / "fashion.yaml")
     spec.time_budget_s, spec.trials = seconds, 1000
+    spec.reuse_actors = False  # both paths alike; with reuse, one node's workers can take every trial
     start = time.perf_counter()
     prepare_embeddings(spec, dataset, progress=False)
     log(f"search cache ready in {time.perf_counter() - start:.0f} s")
@@ -221,18 +222,12 @@ def pipeline_runs(home: Path, products: int, out_dir: Path) -> list[dict]:
 @contextmanager
 def cluster_session(nodes: int, cpus: int):
     cluster = LocalCluster(nodes=nodes, cpus_per_node=cpus)
-    cluster.start()
-    os.environ.update(cluster.auth)
-    from ray._raylet import Config
-
-    Config.initialize("")  # Ray reads RAY_AUTH_MODE once per process
     try:
-        yield cluster
+        cluster.start()
+        with cluster.driver_auth():
+            yield cluster
     finally:
         cluster.stop()
-        for k in cluster.auth:
-            os.environ.pop(k, None)
-        Config.initialize("")
 
 
 def markdown(report: dict) -> str:
