@@ -47,22 +47,10 @@ def prefect_server():
 
 @pytest.fixture
 def cluster_token(cluster):
-    """The driver (this process) authenticates with the cluster's token. Ray reads RAY_AUTH_MODE into
-    its config once per process (here: at import), so it is read again, as Ray itself does when it
-    turns token mode on (authentication_token_setup.py), and once more afterwards."""
-    from ray._raylet import Config
-
+    """The driver (this process) authenticates with the cluster's token, and stops afterwards."""
     c, _ = cluster
-    before = {k: os.environ.get(k) for k in c.auth}
-    os.environ.update(c.auth)
-    Config.initialize("")
-    yield
-    for k, v in before.items():
-        if v is None:
-            os.environ.pop(k, None)
-        else:
-            os.environ[k] = v
-    Config.initialize("")
+    with c.driver_auth():
+        yield
 
 
 def test_tune_on_a_two_node_cluster_runs_trials_on_both_nodes(
@@ -107,22 +95,26 @@ def test_a_local_ray_binds_127_0_0_1(tmp_path):
 
     from components.tuning import ray_session
 
+    before = _children()  # e.g. the module's cluster and Prefect server: not this Ray's
     with ray_session():
         assert {n["NodeManagerAddress"] for n in ray.nodes()} == {"127.0.0.1"}
-        listening = _listening_addresses()
+        listening = _listening_addresses(_children() - before)
     assert not ray.is_initialized()
     assert listening and listening <= {"127.0.0.1", "::ffff:127.0.0.1"}, listening
 
 
-def _listening_addresses() -> set[str]:
-    """The addresses the TCP sockets of this process's children (Ray's GCS, raylet, workers) listen on."""
+def _children() -> set[int]:
     import psutil
 
-    children = psutil.Process().children(recursive=True)
+    return {p.pid for p in psutil.Process().children(recursive=True)}
+
+
+def _listening_addresses(pids: set[int]) -> set[str]:
+    """The addresses the TCP sockets of these processes (Ray's GCS, raylet, workers) listen on."""
     inodes = set()
-    for child in children:
+    for pid in pids:
         try:
-            for fd in Path(f"/proc/{child.pid}/fd").iterdir():
+            for fd in Path(f"/proc/{pid}/fd").iterdir():
                 target = os.readlink(fd)
                 if target.startswith("socket:["):
                     inodes.add(target[8:-1])
