@@ -202,7 +202,9 @@ def pipeline_runs(home: Path, products: int, out_dir: Path) -> list[dict]:
             start = time.perf_counter()
             run = run_deployment(
                 "pipeline/scheduled-retrain",
-                parameters={"spec": str(spec), "configs": [config], "model_name": "scale-worker", "package": False},
+                parameters=_pipeline_parameters(
+                    spec=str(spec), configs=[config], model_name="scale-worker", package=False
+                ),
                 timeout=3600,
             )
             seconds = time.perf_counter() - start
@@ -214,6 +216,17 @@ def pipeline_runs(home: Path, products: int, out_dir: Path) -> list[dict]:
         rows.append({"path": "work-pool worker", "seconds": round(seconds, 1), "products": products})
         log(f"pipeline through a worker: {rows[-1]['seconds']} s (includes the worker's process start)")
     return rows
+
+
+def _pipeline_parameters(**given) -> dict:
+    """`given`, with the scheduled deployment's optional extras (an automatic-model budget) off, so
+    the worker's run does what the in-process run does."""
+    import inspect
+
+    from flows.pipeline import pipeline_flow
+
+    extras = {"fit_budget": None, "search": None}
+    return {**{k: v for k, v in extras.items() if k in inspect.signature(pipeline_flow.fn).parameters}, **given}
 
 
 # --- report ---------------------------------------------------------------------------------------

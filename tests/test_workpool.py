@@ -47,6 +47,17 @@ def _tiny_config(path) -> str:
     return str(path)
 
 
+def _pipeline_parameters(**given) -> dict:
+    """A run's parameters: `given`, and every optional extra the scheduled deployment sets by default
+    (e.g. an automatic-model budget) turned off, so the run does only what the test asks."""
+    import inspect
+
+    from flows.pipeline import pipeline_flow
+
+    extras = {"fit_budget": None, "search": None}
+    return {**{k: v for k, v in extras.items() if k in inspect.signature(pipeline_flow.fn).parameters}, **given}
+
+
 def _start_worker(pool: str, api_url: str, log_path) -> subprocess.Popen:
     env = {
         **os.environ,  # ATTRFLOW_HOME, ATTRFLOW_DB_URL, PYTHONPATH: the flow runs see what this test sees
@@ -99,7 +110,9 @@ def test_a_worker_of_the_pool_runs_the_pipeline_deployment(prefect_server, regis
     with get_client(sync_client=True) as client:
         assert client.read_work_pool(pool).type == "process"  # created by `attrflow deploy`
         deployments = {client.read_deployment(i).name: client.read_deployment(i) for i in ids}
-    assert len(ids) == 9 and {d.work_pool_name for d in deployments.values()} == {pool}
+    from flows.deployments import build_deployments
+
+    assert len(ids) == len(build_deployments()) and {d.work_pool_name for d in deployments.values()} == {pool}
     pipeline = deployments["scheduled-retrain"]
     assert pipeline.entrypoint == "flows.pipeline.pipeline_flow"  # a module path: the worker imports attrflow
     assert pipeline.job_variables["working_dir"] == str(tmp_path.resolve())
@@ -110,12 +123,9 @@ def test_a_worker_of_the_pool_runs_the_pipeline_deployment(prefect_server, regis
         started = time.perf_counter()
         run = run_deployment(
             "pipeline/scheduled-retrain",
-            parameters={
-                "spec": str(spec),
-                "configs": [_tiny_config(tmp_path / "text.yaml")],
-                "model_name": "pooled",
-                "package": False,
-            },
+            parameters=_pipeline_parameters(
+                spec=str(spec), configs=[_tiny_config(tmp_path / "text.yaml")], model_name="pooled", package=False
+            ),
             timeout=300,
         )
         seconds = time.perf_counter() - started
