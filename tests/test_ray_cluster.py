@@ -12,11 +12,12 @@ from __future__ import annotations
 
 import json
 import os
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
 from test_tune import _search_file
-from typer.testing import CliRunner
 
 from bench.local_cluster import LocalCluster
 from components.catalog import ingest, load_spec
@@ -39,27 +40,14 @@ def cluster():
 
 @pytest.fixture(scope="module")
 def prefect_server():
+    from prefect.settings import PREFECT_API_URL
     from prefect.testing.utilities import prefect_test_harness
 
     with prefect_test_harness(server_startup_timeout=120):
-        yield
+        yield PREFECT_API_URL.value()
 
 
-@pytest.fixture
-def cluster_token(cluster):
-    """The driver (this process) authenticates with the cluster's token, and stops afterwards."""
-    c, _ = cluster
-    with c.driver_auth():
-        yield
-
-
-def test_tune_on_a_two_node_cluster_runs_trials_on_both_nodes(
-    cluster, cluster_token, prefect_server, registry_backend, tmp_path
-):
-    import ray
-
-    from attrflow.cli import app
-
+def test_tune_on_a_two_node_cluster_runs_trials_on_both_nodes(cluster, prefect_server, registry_backend, tmp_path):
     c, nodes = cluster
     assert len(set(nodes)) == 2
     dataset = ingest(load_spec(write_demo_catalog(tmp_path / "catalog", n=100, seed=7))).dataset_dir
@@ -72,13 +60,16 @@ def test_tune_on_a_two_node_cluster_runs_trials_on_both_nodes(
         # while the other node's worker is still starting (slowly, on a busy machine).
         reuse_actors=False,
     )
-    out = CliRunner().invoke(
-        app, ["tune", str(dataset), search, "--address", c.address, "--model-name", "clustered", "--json"]
+    # The real command in its own process, as a user runs it: the cluster's token in its environment
+    # (ATTRFLOW_HOME and ATTRFLOW_DB_URL come from this test's).
+    env = {**os.environ, **c.auth, "PREFECT_API_URL": prefect_server}
+    command = ["tune", str(dataset), search, "--address", c.address, "--model-name", "clustered", "--json"]
+    out = subprocess.run(
+        [sys.executable, "-m", "attrflow.cli", *command], env=env, capture_output=True, text=True, timeout=600
     )
-    assert out.exit_code == 0, f"{out.output}\n{c.logs()}"
-    result = _last_json(out.output)
-    assert not ray.is_initialized()  # the flow let go of the cluster ...
-    assert all(p.poll() is None for p in c.procs)  # ... and left it running
+    assert out.returncode == 0, f"{out.stdout[-3000:]}\n{out.stderr[-3000:]}\n{c.logs()}"
+    result = _last_json(out.stdout)
+    assert all(p.poll() is None for p in c.procs)  # the command let go of the cluster and left it running
 
     with Registry() as registry:
         trials = registry.list_runs(kind="tune-trial")
