@@ -21,7 +21,7 @@ MODEL         ?= demo
 export PREFECT_HOME ?= $(abspath $(ATTRFLOW_HOME))/prefect
 export PREFECT_SERVER_ANALYTICS_ENABLED := false
 
-.PHONY: setup demo test lint format serve ui clean bench bench-quality bench-finetune bench-seeds bench-tune bench-serving bench-loop bench-defaults bench-label-noise bench-stacking bench-extraction
+.PHONY: setup demo test lint format serve ui clean bench bench-quality bench-finetune bench-seeds bench-tune bench-serving bench-loop bench-defaults bench-label-noise bench-stacking bench-extraction bench-scale
 
 setup: $(STAMP)
 
@@ -105,6 +105,13 @@ bench-serving: setup  ## BentoML endpoint vs in-process ceiling: throughput, lat
 bench-extraction: setup  ## value extraction vs GPT-4 on AE-110k and OA-Mine (bench/extraction.py; docs/results.md)
 	$(BIN)/python bench/extraction.py
 	$(BIN)/python bench/extraction.py --train train_0.2 --epochs 10 --rows tagger,tagger+head+kl,tagger+head+kl+range,tagger+head+kl+range+fill --out extraction-low
+
+# Batch scoring in process vs local Ray vs a 2-node local cluster (equal cores), search trials per
+# 10 minutes on 2 nodes vs local, the pipeline through a work-pool worker vs in process. The whole
+# catalog and 10-minute searches: ~1 hour on 2 cores. Smaller: SCALE_ARGS="--products 2000 --tune-seconds 120".
+bench-scale: setup  ## distributed vs in-process at equal cores: scoring, search, pipeline (bench/scale.py)
+	mkdir -p $(PREFECT_HOME)
+	$(BIN)/python bench/scale.py $(SCALE_ARGS)
 
 bench-loop: setup  ## drift -> event -> retrain -> champion/challenger -> hot swap, unattended (bench/closed_loop.py)
 	$(BIN)/python bench/closed_loop.py

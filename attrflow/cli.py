@@ -452,6 +452,115 @@ def tune_cmd(
         typer.echo(json.dumps(result, default=str))
 
 
+@app.command("score")
+def score_cmd(
+    spec_or_dataset: Annotated[Path, typer.Argument(help="Catalog spec (YAML; ingested first) or a dataset folder.")],
+    model: Annotated[str, typer.Option(help="Registry model (its production version) or a model folder.")],
+    out: Annotated[
+        Path | None,
+        typer.Option(help="Parquet file (default ATTRFLOW_HOME/scores/<model>/<dataset>-<version>.parquet)."),
+    ] = None,
+    address: Annotated[
+        str | None,
+        typer.Option(help="Ray cluster (ray://head:10001, host:port; default ATTRFLOW_RAY_ADDRESS, else a local Ray)."),
+    ] = None,
+    features: Annotated[
+        str, typer.Option(help="raw (text and images through the encoders), embeddings (the cache), or auto.")
+    ] = "auto",
+    workers: Annotated[int | None, typer.Option(help="Scoring actors (default: one per CPU).")] = None,
+    chunk_size: Annotated[int, typer.Option(help="Products per Ray task.")] = 512,
+    in_process: Annotated[bool, typer.Option(help="Score in this process, without Ray.")] = False,
+    as_json: Annotated[bool, typer.Option("--json", help="End with one JSON line of the result.")] = False,
+) -> None:
+    """Predictions for every product of a catalog, to Parquet: one row per product (top value, score,
+    published per attribute, and the full prediction as JSON), scored on Ray by the Predictor."""
+    from pydantic import ValidationError
+
+    from components.catalog import load_dataset
+    from components.scoring import ScoreConfig, score_dataset
+
+    try:
+        config = ScoreConfig(features=features, workers=workers, chunk_size=chunk_size)
+    except ValidationError as e:
+        _fail("; ".join(f"--{'-'.join(map(str, err['loc'])).replace('_', '-')}: {err['msg']}" for err in e.errors()))
+    model_dir, label = _model_folder(model)
+    if not spec_or_dataset.exists():
+        _fail(f"{spec_or_dataset}: no such catalog spec or dataset folder")
+    try:
+        if spec_or_dataset.is_file():
+            dataset = load_dataset(ingest(load_spec(spec_or_dataset)).dataset_dir)
+        else:
+            dataset = load_dataset(spec_or_dataset)
+    except (SpecError, SourceError, ValueError, FileNotFoundError) as e:
+        _fail(str(e))
+    out = out or get_settings().home / "scores" / label / f"{dataset.name}-{dataset.version}.parquet"
+    try:
+        result = score_dataset(model_dir, dataset, out, config, address=address, in_process=in_process)
+    except ValueError as e:
+        _fail(str(e))
+    typer.echo(
+        f"{result.rows} products scored ({result.features}, {result.mode}, {result.workers} workers on "
+        f"{max(1, len(result.nodes))} node(s)) in {result.seconds:.1f} s: {result.products_per_second:.0f}/s\n"
+        f"predictions: {result.out}"
+    )
+    if as_json:
+        payload = {k: getattr(result, k) for k in ("rows", "seconds", "features", "mode", "workers", "nodes")}
+        typer.echo(json.dumps({**payload, "out": str(result.out), "model_dir": str(model_dir)}))
+
+
+def _model_folder(model: str) -> tuple[Path, str]:
+    """A model folder, or the production version of a registered model (with a name for paths)."""
+    path = Path(model)
+    if path.is_dir():
+        if not (path / "config.json").is_file():
+            _fail(f"{path} is not a saved attrflow model (no config.json)")
+        return path, path.name
+    from components.registry import Registry
+
+    with Registry() as registry:
+        production = registry.get_production(model)
+    if production is None:
+        _fail(
+            f"model {model!r}: no such folder, and no production version in the registry (see `attrflow models list`)"
+        )
+    return Path(production.artifact_dir), f"{model}-v{production.version}"
+
+
+@app.command("deploy")
+def deploy_cmd(
+    pool: Annotated[
+        str,
+        typer.Option(envvar="ATTRFLOW_WORK_POOL", help="Prefect work pool (created as a process pool if missing)."),
+    ],
+    source: Annotated[
+        str | None,
+        typer.Option(help="Git URL or folder of an attrflow checkout the workers load the flows from (from_source)."),
+    ] = None,
+    working_dir: Annotated[
+        Path | None, typer.Option(help="Where the workers run each flow (default: this directory).")
+    ] = None,
+    create_pool: Annotated[bool, typer.Option(help="Create the pool when the server has none of that name.")] = True,
+    as_json: Annotated[bool, typer.Option("--json", help="End with one JSON line of the deployment ids.")] = False,
+) -> None:
+    """Register attrflow's deployments (flows/deployments.py) on a Prefect work pool at PREFECT_API_URL,
+    so that the pool's workers (`prefect worker start --pool NAME`) run them."""
+    import os
+
+    if not os.environ.get("PREFECT_API_URL"):
+        _fail("PREFECT_API_URL is not set: a work pool lives on a Prefect server (e.g. http://127.0.0.1:4200/api)")
+    if working_dir is not None and not working_dir.is_dir():
+        _fail(f"--working-dir {working_dir}: no such folder")
+    from flows.deployments import deploy_to_pool
+
+    try:
+        ids = deploy_to_pool(pool, source=source, working_dir=working_dir, create_pool=create_pool)
+    except ValueError as e:
+        _fail(str(e))
+    typer.echo(f"{len(ids)} deployments on work pool {pool!r}; start a worker: prefect worker start --pool {pool}")
+    if as_json:
+        typer.echo(json.dumps({"pool": pool, "deployment_ids": [str(i) for i in ids]}))
+
+
 @app.command("serve")
 def serve_cmd(
     model_name: Annotated[

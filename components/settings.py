@@ -15,6 +15,9 @@ class Settings(BaseSettings):
     home: Path = Path(".attrflow")
     db_url: str | None = None  # ATTRFLOW_DB_URL: the registry's database (SQLAlchemy URL)
     webhook_url: str | None = None  # ATTRFLOW_WEBHOOK_URL: a JSON POST on drift and on each promotion decision
+    # ATTRFLOW_RAY_ADDRESS: the Ray cluster searches and batch scoring use when none is given
+    # (ray://head:10001, host:port, or auto); unset: a local Ray on 127.0.0.1, started and stopped per job
+    ray_address: str | None = None
 
     @property
     def datasets_dir(self) -> Path:

@@ -2,6 +2,8 @@ from __future__ import annotations
 
 import os
 import tempfile
+import uuid
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -25,6 +27,37 @@ def attrflow_home(tmp_path, monkeypatch) -> Path:
     home = tmp_path / "home"
     monkeypatch.setenv("ATTRFLOW_HOME", str(home))
     return home
+
+
+# A PostgreSQL server for the registry (.ci/run starts one); unset: those tests run on SQLite only.
+PG_URL = os.environ.get("ATTRFLOW_TEST_PG_URL")
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def registry_backend(request, monkeypatch) -> Iterator[str]:
+    """The registry's database for a test that runs flows, tune or monitoring end to end: the
+    default SQLite file under ATTRFLOW_HOME, and a fresh PostgreSQL database (ATTRFLOW_DB_URL, seen
+    by every process the test starts; dropped afterwards) when ATTRFLOW_TEST_PG_URL is set."""
+    if request.param == "sqlite":
+        monkeypatch.delenv("ATTRFLOW_DB_URL", raising=False)
+        yield "sqlite"
+        return
+    if not PG_URL:
+        pytest.skip("ATTRFLOW_TEST_PG_URL not set: ran on SQLite only")
+    from sqlalchemy import create_engine
+    from sqlalchemy.engine import make_url
+
+    admin = create_engine(PG_URL, isolation_level="AUTOCOMMIT")
+    name = f"attrflow_test_{uuid.uuid4().hex[:12]}"
+    with admin.connect() as conn:
+        conn.exec_driver_sql(f'CREATE DATABASE "{name}"')
+    monkeypatch.setenv("ATTRFLOW_DB_URL", make_url(PG_URL).set(database=name).render_as_string(hide_password=False))
+    try:
+        yield "postgresql"
+    finally:
+        with admin.connect() as conn:
+            conn.exec_driver_sql(f'DROP DATABASE "{name}" WITH (FORCE)')
+        admin.dispose()
 
 
 @pytest.fixture

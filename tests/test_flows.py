@@ -50,6 +50,7 @@ def _artifacts(key_like: str) -> list[dict]:
     return response.json()
 
 
+@pytest.mark.usefixtures("registry_backend")  # SQLite; PostgreSQL too with ATTRFLOW_TEST_PG_URL
 def test_pipeline_flow_run_registers_and_promotes(prefect_server, tmp_path):
     from flows.pipeline import pipeline_flow
 
@@ -110,6 +111,7 @@ def _folder_digest(folder) -> dict[str, str]:
     }
 
 
+@pytest.mark.usefixtures("registry_backend")  # SQLite; PostgreSQL too with ATTRFLOW_TEST_PG_URL
 def test_registering_a_challenger_leaves_the_champion_byte_for_byte(prefect_server, tmp_path):
     from flows.ingest import ingest_flow
     from flows.register import register_flow
@@ -131,6 +133,7 @@ def test_registering_a_challenger_leaves_the_champion_byte_for_byte(prefect_serv
     assert len(reports) == 1
 
 
+@pytest.mark.usefixtures("registry_backend")  # SQLite; PostgreSQL too with ATTRFLOW_TEST_PG_URL
 def test_failed_training_is_recorded_and_leaves_no_model_version(prefect_server, tmp_path):
     from flows.pipeline import pipeline_flow
 

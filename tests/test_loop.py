@@ -139,6 +139,7 @@ def _events(name: str, resource_id: str) -> list[dict]:
     return r.json()["events"]
 
 
+@pytest.mark.usefixtures("registry_backend")  # SQLite; PostgreSQL too with ATTRFLOW_TEST_PG_URL
 def test_monitor_flow_reports_a_new_camera_and_stays_quiet_on_the_same_catalog(prefect_server, tmp_path, webhook):
     from flows.monitor import DRIFT_EVENT, monitor_flow
     from flows.pipeline import pipeline_flow

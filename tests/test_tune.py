@@ -93,6 +93,7 @@ def _artifacts(key_like: str) -> list[dict]:
 
 
 @pytest.mark.slow
+@pytest.mark.usefixtures("registry_backend")  # SQLite; PostgreSQL too with ATTRFLOW_TEST_PG_URL
 def test_tune_flow_records_every_trial_and_registers_the_best(prefect_server, tmp_path, monkeypatch):
     import ray
 
@@ -144,6 +145,7 @@ def test_tune_flow_records_every_trial_and_registers_the_best(prefect_server, tm
 
 
 @pytest.mark.slow
+@pytest.mark.usefixtures("registry_backend")  # SQLite; PostgreSQL too with ATTRFLOW_TEST_PG_URL
 def test_failed_trials_are_recorded_with_their_error(tmp_path, monkeypatch):
     import ray
 

@@ -29,6 +29,11 @@ class TrialRecord:
     model_dir: str | None = None  # set for trials that trained to their end
     best_epoch: int | None = None
 
+    @property
+    def node_id(self) -> str | None:
+        """The Ray node the trial ran on (from its reports)."""
+        return next((h["node_id"] for h in self.history if h.get("node_id")), None)
+
     def best(self, metric: str) -> float | None:
         values = [
             h[metric] for h in self.history if isinstance(h.get(metric), int | float) and not math.isnan(h[metric])
@@ -47,6 +52,7 @@ class TrialRecord:
             "stopped_early": self.stopped_early,
             "interrupted": self.interrupted,
             "trial_id": self.trial_id,
+            "node_id": self.node_id,
             "params": self.params,
             **({"model_dir": self.model_dir} if self.model_dir else {}),
         }

@@ -123,7 +123,7 @@ def run_search(
                 scheduler=scheduler,
                 num_samples=trials or spec.trials,
                 time_budget_s=spec.time_budget_s,
-                reuse_actors=True,  # a worker keeps torch, the encoders' code and the dataset loaded
+                reuse_actors=spec.reuse_actors,  # a worker keeps torch, the encoders' code and the dataset loaded
             ),
             run_config=tune.RunConfig(
                 name="search",

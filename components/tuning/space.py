@@ -135,6 +135,10 @@ class SearchSpec(_Strict):
     # train again for the full epoch budget; the best on validation of all is the search's result.
     full_budget_top: int = Field(2, ge=0)
     keep_trial_models: bool = False  # keep every trial's model folder (default: only the best)
+    # A finished trial's Ray worker takes the next trial (torch, the encoders' code and the dataset
+    # stay loaded). false: every trial starts a fresh worker wherever a CPU is free, so that trials
+    # spread over a cluster's nodes even while workers start slowly.
+    reuse_actors: bool = True
     parameters: Parameters = Parameters()
 
     # Filled by load_search: the resolved base TrainConfig (as a dict) and the file's path.

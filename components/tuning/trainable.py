@@ -16,7 +16,9 @@ from typing import Any
 
 from components.tuning.space import SearchSpec, build_train_config
 
-REPORTED = ("epoch", "train_loss", "r_at_p95", "f1_macro", "items_per_second")  # the keys of every report
+# The keys of every report; node_id: the Ray node the trial runs on (which machine of a cluster),
+# gpus: the GPU ids Ray gave the trial ("" on CPU).
+REPORTED = ("epoch", "train_loss", "r_at_p95", "f1_macro", "items_per_second", "node_id", "gpus")
 
 
 @dataclass
@@ -60,10 +62,17 @@ def run_trial(config: dict[str, Any], context: TrialContext) -> None:
     train_config = build_train_config(context.spec, config)
     out_dir = Path(context.trials_dir) / tune.get_context().get_trial_id()
 
+    import ray
+
+    node_id = ray.get_runtime_context().get_node_id()
+    gpus = ",".join(str(g) for g in ray.get_gpu_ids())
+
     def report(epoch: int, record: dict[str, Any]) -> None:
         tune.report(
             {
                 "epoch": epoch,
+                "node_id": node_id,
+                "gpus": gpus,
                 "train_loss": record["train_loss"],
                 "items_per_second": record["items_per_second"],
                 **record["validation"],
