@@ -47,6 +47,9 @@ def prefect_server():
         yield PREFECT_API_URL.value()
 
 
+# SQLite only: this test is about the worker / the cluster (minutes each); the flow and tune tests
+# (test_flows, test_tune, test_loop) run on PostgreSQL too when ATTRFLOW_TEST_PG_URL is set.
+@pytest.mark.parametrize("registry_backend", ["sqlite"], indirect=True)
 def test_tune_on_a_two_node_cluster_runs_trials_on_both_nodes(cluster, prefect_server, registry_backend, tmp_path):
     c, nodes = cluster
     assert len(set(nodes)) == 2

@@ -93,6 +93,9 @@ def test_deploy_needs_a_prefect_server(monkeypatch):
     assert out.exit_code == 2 and "PREFECT_API_URL is not set" in out.output
 
 
+# SQLite only: this test is about the worker / the cluster (minutes each); the flow and tune tests
+# (test_flows, test_tune, test_loop) run on PostgreSQL too when ATTRFLOW_TEST_PG_URL is set.
+@pytest.mark.parametrize("registry_backend", ["sqlite"], indirect=True)
 def test_a_worker_of_the_pool_runs_the_pipeline_deployment(prefect_server, registry_backend, tmp_path):
     from prefect.client.orchestration import get_client
     from prefect.deployments import run_deployment
