@@ -37,9 +37,11 @@ def test_hashed_ngrams_are_word_unigrams_and_bigrams_and_stable():
     assert batch.offsets.tolist() == [0, 3] and len(batch.ids) == 8  # "red shirt": 3 n-grams, then 5
 
 
-def test_lexical_is_off_by_default_and_refused_where_no_pooled_text_is_read():
-    assert ModelConfig().lexical is None
-    for fusion in ("image", "cross_attention"):
+def test_lexical_is_on_by_default_where_pooled_text_is_read_and_refused_elsewhere():
+    assert ModelConfig().lexical is not None and ModelConfig().lexical.dropout == 0.5
+    assert ModelConfig.model_validate({"fusion": {"name": "concat"}, "lexical": None}).lexical is None
+    for fusion in ("image", "cross_attention", "tfidf_lr"):
+        assert ModelConfig.model_validate({"fusion": {"name": fusion}}).lexical is None  # the default: off
         with pytest.raises(ValidationError, match="lexical"):
             ModelConfig.model_validate({"fusion": {"name": fusion}, "lexical": {}})
 
