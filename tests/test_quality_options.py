@@ -9,6 +9,7 @@ import torch.nn.functional as F
 
 from components.catalog import ingest, load_dataset, load_spec
 from components.catalog.demo import write_demo_catalog
+from components.features.lexical import LexicalBatch, hashed_ngrams
 from components.models.encoders import ImageEncoder, ImageEncoderConfig
 from components.models.fusion import FusionOutput
 from components.models.heads import HeadSpec
@@ -49,6 +50,7 @@ def test_models_with_multi_scale_pooling_run_save_and_load(tmp_path, fusion):
     model = create_model(config, VOCAB).eval()
     batch = {**model.text_encoder.tokenize(["red shirt", "blue jeans"], ["", ""])}
     batch["pixels"], batch["has_image"] = torch.randn(2, 3, 32, 32), torch.tensor([True, False])
+    batch.update(LexicalBatch.from_rows(hashed_ngrams(["red shirt", "blue jeans"])).as_dict())  # lexical: on by default
     out = model(batch)
     assert out.logits["category"].shape == (2, 3)
     save_model(model, tmp_path / "m")
