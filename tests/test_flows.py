@@ -50,13 +50,16 @@ def _artifacts(key_like: str) -> list[dict]:
     return response.json()
 
 
-@pytest.mark.usefixtures("registry_backend")  # SQLite; PostgreSQL too with ATTRFLOW_TEST_PG_URL
-def test_pipeline_flow_run_registers_and_promotes(prefect_server, tmp_path):
+def test_pipeline_flow_run_registers_and_promotes(
+    prefect_server, registry_backend, tmp_path
+):  # + PostgreSQL with ATTRFLOW_TEST_PG_URL
+    # One model name per backend: the Prefect server and BentoML's model store outlive this test.
+    name = "shop" if registry_backend == "sqlite" else "shoppg"
     from flows.pipeline import pipeline_flow
 
     spec = write_demo_catalog(tmp_path / "catalog", n=150, seed=2)
     configs = [_tiny_config(tmp_path / "text.yaml", "text"), _tiny_config(tmp_path / "ma.yaml", "modality_attention")]
-    state = pipeline_flow(str(spec), configs, model_name="shop", return_state=True)
+    state = pipeline_flow(str(spec), configs, model_name=name, return_state=True)
     assert state.is_completed(), state
     result = state.result()
 
@@ -64,9 +67,9 @@ def test_pipeline_flow_run_registers_and_promotes(prefect_server, tmp_path):
     runs = registry.list_runs(kind="train")
     assert len(runs) == 2 and all(r.status == "completed" for r in runs)
     assert all(len(r.epoch_metrics) == 2 for r in runs)  # logged every epoch
-    versions = registry.list_model_versions("shop")
+    versions = registry.list_model_versions(name)
     assert sorted(v.version for v in versions) == [1, 2]
-    production = registry.get_production("shop")
+    production = registry.get_production(name)
     assert production is not None and production.version == result["production_version"]
     # v1 was promoted as the first; v2 only if not worse beyond noise on the same test data
     v2 = next(c for c in result["candidates"] if c["version"] == 2)
@@ -77,25 +80,25 @@ def test_pipeline_flow_run_registers_and_promotes(prefect_server, tmp_path):
     assert cmp["production"] == pytest.approx(v1["metrics"]["r_at_p95_mean"])
     assert v2["promoted"] == (cmp["interval"][0] > -cmp["margin"])
     assert (production.version == 2) == v2["promoted"]
-    stored = registry.get_model_version("shop", production.version)
+    stored = registry.get_model_version(name, production.version)
     assert set(stored.thresholds) == {"category", "colour", "material", "pattern"}  # thresholds travel with the version
     assert set(stored.metrics["attributes"]) == {"category", "colour", "material", "pattern"}
 
     # the production version was packaged: a Bento holding that version's model folder
     import bentoml
 
-    assert result["bento"] == f"attrflow-shop:v{production.version}"
+    assert result["bento"] == f"attrflow-{name}:v{production.version}"
     bento = bentoml.bentos.get(result["bento"])
-    assert [str(m.tag) for m in bento.info.models] == [f"attrflow-shop:v{production.version}"]
-    stored = bentoml.models.get(f"attrflow-shop:v{production.version}")
+    assert [str(m.tag) for m in bento.info.models] == [f"attrflow-{name}:v{production.version}"]
+    stored = bentoml.models.get(f"attrflow-{name}:v{production.version}")
     packed = {k: v for k, v in _folder_digest(stored.path).items() if k != "model.yaml"}  # BentoML's own file
     assert packed == _folder_digest(production.artifact_dir)
 
     keys = {a["key"] for a in _artifacts("%")}
-    assert {"dataset-demo", "promotion-shop", "pipeline-shop", "bento-shop"} <= keys
+    assert {"dataset-demo", f"promotion-{name}", f"pipeline-{name}", f"bento-{name}"} <= keys
     assert any(k.startswith("train-demo-") for k in keys)
-    promotion = _artifacts("promotion-shop")[0]
-    assert f"shop v{v2['version']}" in promotion["data"]  # the latest decision, about v2
+    promotion = _artifacts(f"promotion-{name}")[0]
+    assert f"{name} v{v2['version']}" in promotion["data"]  # the latest decision, about v2
     assert ("promoted to production" in promotion["data"]) == v2["promoted"]
 
 
