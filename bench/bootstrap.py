@@ -32,21 +32,22 @@ def target_checks(
 
 
 def paired_bootstrap(
-    probs_a: np.ndarray, probs_b: np.ndarray, y: np.ndarray, n: int = 500, seed: int = 0
+    probs_a: np.ndarray, probs_b: np.ndarray, y: np.ndarray, kind: str = "multiclass", n: int = 500, seed: int = 0
 ) -> dict[str, list[float]]:
     """95 % interval of metric(a) - metric(b) when the test products are resampled with
     replacement (the same resample for both models): how far the difference is from noise."""
     from sklearn.metrics import f1_score
 
-    from components.evaluation.metrics import r_at_p, ranking
+    from components.evaluation.metrics import attribute_metrics, r_at_p, ranking
 
-    keep = y >= 0
+    keep = y >= 0 if y.ndim == 1 else (y >= 0).all(axis=1)
     probs_a, probs_b, y = probs_a[keep], probs_b[keep], y[keep]
 
-    def scores(
-        p: np.ndarray, yy: np.ndarray
-    ) -> dict[str, float]:  # the two target metrics, as attribute_metrics computes them
-        return {
+    def scores(p: np.ndarray, yy: np.ndarray) -> dict[str, float]:  # the two target metrics
+        if kind != "multiclass":  # multilabel: attribute_metrics' thresholds at 0.5
+            m = attribute_metrics(p, yy, kind)
+            return {k: m[k] or 0.0 for k in ("f1_macro", "r_at_p95")}
+        return {  # as attribute_metrics computes them, without its other metrics (500 resamples)
             "f1_macro": f1_score(yy, p.argmax(1), average="macro", zero_division=0),
             "r_at_p95": r_at_p(*ranking(p, yy, "multiclass")),
         }

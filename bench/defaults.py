@@ -36,7 +36,9 @@ sys.path.insert(0, str(ROOT))
 
 import numpy as np  # noqa: E402
 
+from bench.bootstrap import paired_bootstrap  # noqa: E402
 from bench.common import RESULTS, SPEC, log  # noqa: E402
+from bench.compare import interval, run_record  # noqa: E402
 from components.catalog import ingest, load_dataset, load_spec  # noqa: E402
 from components.catalog.dataset import Dataset  # noqa: E402
 from components.catalog.demo import write_demo_catalog  # noqa: E402
@@ -115,20 +117,6 @@ def tfidf_bar(ds: Dataset, labels: dict[str, np.ndarray]) -> dict[str, np.ndarra
     return out
 
 
-def paired_interval(
-    a: np.ndarray, b: np.ndarray, y: np.ndarray, kind: str, n: int = 300, seed: int = 0
-) -> dict[str, list[float]]:
-    """95% interval of metric(a) - metric(b) over test products resampled with replacement."""
-    rng = np.random.default_rng(seed)
-    diffs: dict[str, list[float]] = {m: [] for m in METRICS}
-    for _ in range(n):
-        i = rng.integers(0, len(y), len(y))
-        ma, mb = attribute_metrics(a[i], y[i], kind), attribute_metrics(b[i], y[i], kind)
-        for m in METRICS:
-            diffs[m].append((ma[m] or 0.0) - (mb[m] or 0.0))
-    return {m: [float(np.percentile(d, 2.5)), float(np.percentile(d, 97.5))] for m, d in diffs.items()}
-
-
 def run_catalog(name: str, budget: float, home: Path) -> dict[str, Any]:
     t0 = time.perf_counter()
     ds = catalog_dataset(name, home)
@@ -147,19 +135,19 @@ def run_catalog(name: str, budget: float, home: Path) -> dict[str, Any]:
     for a, vocab in ds.vocab.items():
         y = labels[a][te]
         ours, theirs = attribute_metrics(probs[a], y, vocab.kind), attribute_metrics(bar[a], y, vocab.kind)
-        interval = paired_interval(probs[a], bar[a], y, vocab.kind)
+        ci = paired_bootstrap(probs[a], bar[a], y, vocab.kind, n=300)
         attributes[a] = {
             "kind": vocab.kind,
             "values": len(vocab.values),
             "fit": {m: ours[m] for m in METRICS},
             "tfidf_lr": {m: theirs[m] for m in METRICS},
-            "difference_95": interval,
+            "difference_95": ci,
             # At least as good: the interval of fit - bar does not lie wholly below 0.
-            "at_least_as_good": all(interval[m][1] >= 0 for m in METRICS),
+            "at_least_as_good": all(ci[m][1] >= 0 for m in METRICS),
         }
         log(
             f"{name} {a}: fit f1 {ours['f1_macro']:.3f} r@p95 {ours['r_at_p95']:.3f} | "
-            f"tfidf f1 {theirs['f1_macro']:.3f} r@p95 {theirs['r_at_p95']:.3f} | {interval}"
+            f"tfidf f1 {theirs['f1_macro']:.3f} r@p95 {theirs['r_at_p95']:.3f} | {ci}"
         )
     mean = {
         who: {m: float(np.mean([v[who][m] or 0.0 for v in attributes.values()])) for m in METRICS}
@@ -205,8 +193,8 @@ def markdown(results: dict[str, Any]) -> str:
         for a, v in c["attributes"].items():
             f, t, d = v["fit"], v["tfidf_lr"], v["difference_95"]
             lines.append(
-                f"| {name} | {a} | {f['f1_macro']:.3f} | {t['f1_macro']:.3f} | [{d['f1_macro'][0]:+.3f}, {d['f1_macro'][1]:+.3f}] "
-                f"| {f['r_at_p95']:.3f} | {t['r_at_p95']:.3f} | [{d['r_at_p95'][0]:+.3f}, {d['r_at_p95'][1]:+.3f}] "
+                f"| {name} | {a} | {f['f1_macro']:.3f} | {t['f1_macro']:.3f} | {interval(d['f1_macro'])} "
+                f"| {f['r_at_p95']:.3f} | {t['r_at_p95']:.3f} | {interval(d['r_at_p95'])} "
                 f"| {'yes' if v['at_least_as_good'] else '**no**'} |"
             )
         m = c["mean"]
@@ -247,12 +235,7 @@ def main() -> None:
     home = get_settings().home.resolve()
     out_json = args.out / "defaults.json"
     results = json.loads(out_json.read_text()) if out_json.is_file() else {"catalogs": {}}
-    results.update(
-        budget=args.budget,
-        date=time.strftime("%Y-%m-%d"),
-        machine=f"{os.cpu_count()} CPUs",
-        command="python bench/defaults.py " + " ".join(sys.argv[1:]),
-    )
+    results.update(budget=args.budget, **run_record("defaults.py"))
     for name in args.catalogs.split(","):
         if name not in CATALOGS:
             raise SystemExit(f"unknown catalog {name!r}; known: {CATALOGS}")

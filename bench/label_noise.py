@@ -32,16 +32,12 @@ os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-import numpy as np  # noqa: E402
 import yaml  # noqa: E402
 
-from bench.bootstrap import paired_bootstrap  # noqa: E402
-from bench.common import RESULTS, SPEC, log, metrics_of  # noqa: E402
+from bench.common import RESULTS, SPEC, log  # noqa: E402
+from bench.compare import compare_on_test, interval, run_record  # noqa: E402
 from components.catalog import ingest, load_dataset, load_spec  # noqa: E402
-from components.evaluation.evaluate import predict_split  # noqa: E402
-from components.features.preprocess import encode_labels  # noqa: E402
 from components.memory import keep_freed_memory  # noqa: E402
-from components.models.io import load_model  # noqa: E402
 from components.settings import get_settings  # noqa: E402
 from components.training.fit import FitConfig, member_config  # noqa: E402
 from components.training.label_noise import find_label_issues, without_label_issues, write_label_issues  # noqa: E402
@@ -87,27 +83,17 @@ def main() -> None:
             "neither": seen.count("neither"),
         }
 
-    split = ds.items["split"].to_numpy()
-    te = np.flatnonzero(split == "test")
-    labels = {k: v.numpy()[te] for k, v in encode_labels(ds.items, ds.vocab).items()}
-    rows = {}
-    probs = {}
+    seconds = {}
     for name, data in {"original": ds, "cleaned": without_label_issues(ds, issues)}.items():
         t0 = time.perf_counter()
-        model_dir = work / "models" / name
-        train(config, data, model_dir, progress=False)
-        probs[name] = predict_split(load_model(model_dir), model_dir, ds, "test").probs
-        rows[name] = {
-            "train_seconds": time.perf_counter() - t0,
-            "attributes": {a: metrics_of(probs[name][a], labels[a]) for a in ds.vocab},
-        }
-        log(f"{name}: " + " ".join(f"{a} {m['f1_macro']:.3f}" for a, m in rows[name]["attributes"].items()))
-    intervals = {a: paired_bootstrap(probs["cleaned"][a], probs["original"][a], labels[a]) for a in ds.vocab}
+        train(config, data, work / "models" / name, progress=False)
+        seconds[name] = time.perf_counter() - t0
+    rows, intervals = compare_on_test(ds, {n: work / "models" / n for n in seconds}, seconds, "cleaned", "original")
+    for name, row in rows.items():
+        log(f"{name}: " + " ".join(f"{a} {m['f1_macro']:.3f}" for a, m in row["attributes"].items()))
 
     results = {
-        "date": time.strftime("%Y-%m-%d"),
-        "machine": f"{os.cpu_count()} CPUs",
-        "command": "python bench/label_noise.py " + " ".join(sys.argv[1:]),
+        **run_record("label_noise.py"),
         "judge": "concat (the recipe, frozen encoders), out-of-fold over the train split",
         "folds": args.folds,
         "flagged": counts,
@@ -139,8 +125,7 @@ def markdown(r: dict) -> str:
         d = r["cleaned_minus_original_95"][a]
         lines.append(
             f"| {a} | {n} | {f} | {f / n:.1%} | {o['f1_macro']:.3f} | {c['f1_macro']:.3f} | "
-            f"[{d['f1_macro'][0]:+.3f}, {d['f1_macro'][1]:+.3f}] | {o['r_at_p95']:.3f} | {c['r_at_p95']:.3f} | "
-            f"[{d['r_at_p95'][0]:+.3f}, {d['r_at_p95'][1]:+.3f}] |"
+            f"{interval(d['f1_macro'])} | {o['r_at_p95']:.3f} | {c['r_at_p95']:.3f} | {interval(d['r_at_p95'])} |"
         )
     if r["review"]:
         v = r["review"]

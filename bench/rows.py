@@ -6,43 +6,22 @@ from typing import Any
 
 from bench.common import ATTRIBUTES
 from components.settings import get_settings
+from components.training.fit import HEAD, LEXICAL, RECIPE, FitConfig
 from components.training.trainer import TrainConfig
 
 LAMBDAS = [0.0, 1e-3, 1e-2, 1e-1]  # lambda_kl of the modality_attention rows
 
-# Frozen encoders, shared by every attrflow row (one embedding cache). Images are 60x80
-# (w x h); 128x96 (h x w) keeps their aspect ratio at ~1.6x, which EfficientNet-Lite0 handles
-# far better than the native size and embeds at ~150 img/s on 2 cores. Multi-scale pooling
-# (stages 0-3 pooled on a 3x3 grid, appended to the last stage's global pool) keeps the
-# colour information that the ImageNet head discards. Titles are short: 32 tokens suffice.
-ENCODERS: dict[str, Any] = {
-    "text": {"name": "default", "pooling": "mean", "max_length": 32},
-    "image": {"name": "default", "image_size": [128, 96], "extra_stages": [0, 1, 2, 3], "extra_grid": 3},
-}
-HEAD = {"hidden": 256, "dropout": 0.2}
-# The lexical channel (components.features.lexical): a learned embedding of the title's hashed
-# word 1-2 grams beside the MiniLM vector, for every row that reads the pooled text. It keeps
-# the exact words ("Navy Blue", "Capris") that mean pooling blurs; n-gram dropout keeps it from
-# memorising training titles. See docs/results.md, "What made the difference".
-LEXICAL: dict[str, Any] = {"buckets": 2**17, "dim": 64, "dropout": 0.5}
+# The recipe's frozen encoders, head and lexical channel come from components/training/fit.py (the
+# one source of `attrflow fit`, the shipped configs and these rows; why each is so is said there).
+ENCODERS: dict[str, Any] = {"text": FitConfig().text.model_dump(), "image": FitConfig().image.model_dump()}
 TRAINING: dict[str, Any] = {
-    "frozen": True,
-    "epochs": 12,  # 14 epochs gained < 0.5 point of validation macro-F1 and missed the 45-minute budget
-    "batch_size": 256,
-    "lr_head": 2e-3,
-    "weight_decay": 0.01,
-    "warmup_share": 0.05,
+    **RECIPE,
     "grad_clip": 1.0,
-    "patience": 3,
     "monitor": "f1_macro",
     "target_precision": 0.95,
     "seed": 0,
     "label_smoothing": 0.0,
     "logit_adjust_tau": 0.0,
-    # Modality dropout: hide the image of half the products in each training batch, so the
-    # heads cannot memorise rare products through 3,008 image dimensions and keep using the
-    # title (what made multimodal rows beat `text`; see docs/results.md).
-    "image_dropout": 0.5,
 }
 
 # name -> (fusion config, training overrides)

@@ -24,15 +24,10 @@ os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-import numpy as np  # noqa: E402
-
-from bench.bootstrap import paired_bootstrap  # noqa: E402
-from bench.common import RESULTS, SPEC, log, metrics_of  # noqa: E402
+from bench.common import RESULTS, SPEC, log  # noqa: E402
+from bench.compare import compare_on_test, interval, run_record  # noqa: E402
 from components.catalog import ingest, load_dataset, load_spec  # noqa: E402
-from components.evaluation.evaluate import predict_split  # noqa: E402
-from components.features.preprocess import encode_labels  # noqa: E402
 from components.memory import keep_freed_memory  # noqa: E402
-from components.models.io import load_model  # noqa: E402
 from components.settings import get_settings  # noqa: E402
 from components.training.fit import FitConfig, member_config  # noqa: E402
 from components.training.stacking import train_stacked  # noqa: E402
@@ -48,9 +43,6 @@ def main() -> None:
     work = get_settings().home.resolve() / "bench" / "stacking"
     ds = load_dataset(ingest(load_spec(SPEC)).dataset_dir)
     n_train = int((ds.items["split"] == "train").sum())
-    te = np.flatnonzero(ds.items["split"].to_numpy() == "test")
-    labels = {k: v.numpy()[te] for k, v in encode_labels(ds.items, ds.vocab).items()}
-    rows, probs = {}, {}
     t0 = time.perf_counter()
     train(load_train_config(ROOT / "configs" / "models" / "late.yaml"), ds, work / "late", progress=False)
     seconds = {"late": time.perf_counter() - t0}
@@ -58,22 +50,10 @@ def main() -> None:
     sides = {side: member_config(side, FitConfig(), n_train) for side in ("text", "image")}
     train_stacked(sides, ds, work / "stacked", folds=args.folds)
     seconds["stacked"] = time.perf_counter() - t0
-    for name in ("late", "stacked"):
-        probs[name] = predict_split(load_model(work / name), work / name, ds, "test").probs
-        rows[name] = {
-            "train_seconds": seconds[name],
-            "attributes": {a: metrics_of(probs[name][a], labels[a]) for a in ds.vocab},
-        }
-        log(f"{name}: " + " ".join(f"{a} {m['f1_macro']:.3f}" for a, m in rows[name]["attributes"].items()))
-    intervals = {a: paired_bootstrap(probs["stacked"][a], probs["late"][a], labels[a]) for a in ds.vocab}
-    results = {
-        "date": time.strftime("%Y-%m-%d"),
-        "machine": f"{os.cpu_count()} CPUs",
-        "command": "python bench/stacking.py " + " ".join(sys.argv[1:]),
-        "folds": args.folds,
-        "rows": rows,
-        "stacked_minus_late_95": intervals,
-    }
+    rows, intervals = compare_on_test(ds, {n: work / n for n in ("late", "stacked")}, seconds, "stacked", "late")
+    for name, row in rows.items():
+        log(f"{name}: " + " ".join(f"{a} {m['f1_macro']:.3f}" for a, m in row["attributes"].items()))
+    results = {**run_record("stacking.py"), "folds": args.folds, "rows": rows, "stacked_minus_late_95": intervals}
     lines = [
         "# Late fusion on fashion: alpha mix (`late`) vs stacking",
         "",
@@ -86,8 +66,8 @@ def main() -> None:
     for a in ds.vocab:
         lm, sm, d = rows["late"]["attributes"][a], rows["stacked"]["attributes"][a], intervals[a]
         lines.append(
-            f"| {a} | {lm['f1_macro']:.3f} | {sm['f1_macro']:.3f} | [{d['f1_macro'][0]:+.3f}, {d['f1_macro'][1]:+.3f}] "
-            f"| {lm['r_at_p95']:.3f} | {sm['r_at_p95']:.3f} | [{d['r_at_p95'][0]:+.3f}, {d['r_at_p95'][1]:+.3f}] |"
+            f"| {a} | {lm['f1_macro']:.3f} | {sm['f1_macro']:.3f} | {interval(d['f1_macro'])} "
+            f"| {lm['r_at_p95']:.3f} | {sm['r_at_p95']:.3f} | {interval(d['r_at_p95'])} |"
         )
     args.out.mkdir(parents=True, exist_ok=True)
     (args.out / "stacking.json").write_text(json.dumps(results, indent=1, default=float))

@@ -261,7 +261,7 @@ def test_stacking_never_learns_from_its_members_in_sample_predictions(tmp_path, 
     """Labels drawn at random: a member that memorises its train titles (TF-IDF + LR, C=100) is
     right on products it trained on and at chance elsewhere. The stacker must see the latter: if it
     learned from in-sample predictions it would trust the member and be confidently wrong."""
-    from components.training.label_noise import out_of_sample_probabilities
+    from components.training.crossfit import out_of_sample_probabilities
     from components.training.stacking import train_stacked
 
     noisy = _random_labels(demo_dataset)

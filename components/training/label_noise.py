@@ -3,10 +3,9 @@
     issues = find_label_issues(dataset, FitConfig-like member config)   # one row per flagged label
     cleaned = without_label_issues(dataset, issues)                      # those labels removed from train
 
-Out-of-sample probabilities come from cross-fitting on the train split: the train products are
-cut into `folds` folds; a model (the recipe's `concat` on the cached embeddings by default, or
-`text` without images) trains on the others and scores each fold, so no product is scored by a
-model that saw its label. cleanlab's `find_label_issues` then flags the labels that those
+Out-of-sample probabilities come from cross-fitting on the train split (components/training/
+crossfit.py; the recipe's `concat` on the cached embeddings by default, or `text` without
+images), so no product is scored by a model that saw its label. cleanlab's `find_label_issues` then flags the labels that those
 probabilities contradict with confidence (per-class thresholds: the classes' own average
 confidence), ranked by self-confidence. Only train labels are flagged and removed: validation
 and test keep the catalog's labels, so a model trained on cleaned labels is compared fairly.
@@ -23,27 +22,7 @@ import pandas as pd
 from components.catalog.dataset import Dataset
 from components.features.preprocess import encode_labels
 from components.training.config import TrainConfig
-from components.training.trainer import train
-
-
-def out_of_sample_probabilities(
-    dataset: Dataset, config: TrainConfig, work_dir: str | Path, folds: int = 4, seed: int = 0
-) -> tuple[np.ndarray, dict[str, np.ndarray]]:
-    """(train row positions, attribute -> their out-of-fold probabilities)."""
-    split = dataset.items["split"].to_numpy()
-    rows = np.flatnonzero(split == "train")
-    fold = np.random.default_rng(seed).permutation(len(rows)) % folds
-    probs: dict[str, np.ndarray] = {}
-    for k in range(folds):
-        # Fold k plays validation (and is scored), the other train folds train; the rest sits out.
-        items = dataset.items.copy()
-        items["split"] = "unused"
-        items.iloc[rows[fold != k], items.columns.get_loc("split")] = "train"
-        items.iloc[rows[fold == k], items.columns.get_loc("split")] = "validation"
-        result = train(config, dataclasses.replace(dataset, items=items), Path(work_dir) / f"fold{k}", progress=False)
-        for name, p in result.validation_probs.items():
-            probs.setdefault(name, np.zeros((len(rows), p.shape[1]), dtype=np.float32))[fold == k] = p
-    return rows, probs
+from components.training.crossfit import out_of_sample_probabilities
 
 
 def find_label_issues(

@@ -26,7 +26,7 @@ from components.inference.predict import predict_items
 from components.models.io import CONFIG, MEMBERS, THRESHOLDS, VOCAB, load_model, save_stacker
 from components.models.stacking import SIDES, StackedModel, stacker_inputs
 from components.training.config import TrainConfig
-from components.training.label_noise import out_of_sample_probabilities
+from components.training.crossfit import out_of_sample_probabilities
 from components.training.trainer import train
 
 
