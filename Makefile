@@ -21,7 +21,7 @@ MODEL         ?= demo
 export PREFECT_HOME ?= $(abspath $(ATTRFLOW_HOME))/prefect
 export PREFECT_SERVER_ANALYTICS_ENABLED := false
 
-.PHONY: setup demo test lint format serve ui clean bench bench-quality bench-finetune bench-seeds bench-tune bench-serving bench-loop bench-defaults bench-label-noise bench-stacking bench-extraction bench-scale
+.PHONY: setup demo test lint format serve ui clean bench bench-quality bench-finetune bench-seeds bench-tune bench-serving bench-loop bench-defaults bench-label-noise bench-stacking bench-reproduce bench-extraction bench-scale
 
 setup: $(STAMP)
 
@@ -86,8 +86,8 @@ bench-finetune: setup  ## the fine-tuning rows (bench/quality.py --finetune; aft
 
 # Run to run: the single-modality and the two best fused rows again with training seeds 1 and 2
 # (reuses the quality run's rows; writes bench/results/seeds.{json,md}, leaves the quality report alone).
-bench-seeds: setup  ## text, concat, modality_attention_l0.1 with seeds 1, 2 (bench/quality.py --seeds; after bench-quality)
-	$(BIN)/python bench/quality.py --rows text,concat,modality_attention_l0.1 --seeds 1,2 --reuse --skip-colour-hidden --no-report
+bench-seeds: setup  ## text, concat, modality_attention_l0.01, _l0.1 with seeds 1, 2 (bench/quality.py --seeds; after bench-quality)
+	$(BIN)/python bench/quality.py --rows text,concat,modality_attention_l0.01,modality_attention_l0.1 --seeds 1,2 --reuse --skip-colour-hidden --no-report
 
 bench-tune: setup  ## trials in 10 minutes of search, tuned vs hand-picked (bench/tune.py; after bench-quality)
 	mkdir -p $(PREFECT_HOME)
@@ -123,6 +123,9 @@ bench-defaults: setup  ## attrflow fit vs TF-IDF + LR on new catalogs, paired-bo
 
 bench-label-noise: setup  ## confident learning on fashion: flags, a reviewed sample, the effect of filtering (bench/label_noise.py)
 	$(BIN)/python bench/label_noise.py
+
+bench-reproduce: setup  ## the shipped concat/modality_attention configs through `attrflow train` vs their benchmark rows (bench/reproduce.py; after bench-quality, bench-seeds)
+	$(BIN)/python bench/reproduce.py
 
 bench-stacking: setup  ## late fusion on fashion: the alpha mix vs stacking, paired-bootstrap intervals (bench/stacking.py)
 	$(BIN)/python bench/stacking.py

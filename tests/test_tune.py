@@ -3,6 +3,8 @@ catalog) through the Prefect `tune` flow, and search-space files that fail befor
 
 from __future__ import annotations
 
+import json
+
 import pytest
 import yaml
 from typer.testing import CliRunner
@@ -269,3 +271,38 @@ def test_full_budget_stage_retrains_the_top_configurations_for_the_largest_epoch
     run = registry.get_run(full.run_id)
     assert run.kind == "tune-trial" and run.parent_run_id == parent and run.status == "completed"
     assert run.config["params"]["epochs"] == 4
+    # With values of its own (`full_budget`), the second stage trains with them.
+    spec.full_budget = {"epochs": 2, "batch_size": 16, "head_hidden": 32, "image_dropout": 0.5}
+    (own,) = full_budget_stage(spec, dataset, [cut], tmp_path / "trials2", None, None)
+    assert own.params["epochs"] == 2 and own.params["head_hidden"] == 32 and len(own.history) <= 2
+    saved = json.loads((tmp_path / "trials2" / "t1-full" / "config.json").read_text())
+    assert saved["model"]["head"]["hidden"] == 32 and saved["training"]["batch_size"] == 16
+    assert saved["training"]["image_dropout"] == 0.5
+
+
+def test_start_points_must_name_the_searched_parameters(tmp_path):
+    """A start point is a whole configuration of the searched parameters (lambda_kl only with
+    modality_attention); anything else fails when the file is read, naming the field."""
+    base = {
+        "parameters": {
+            "fusion": {"type": "choice", "values": ["text", "modality_attention"]},
+            "lambda_kl": {"type": "loguniform", "low": 1e-3, "high": 1.0},
+            "lr_head": {"type": "loguniform", "low": 1e-4, "high": 1e-2},
+            "epochs": 2,
+        }
+    }
+    good = [{"fusion": "text", "lr_head": 1e-3}, {"fusion": "modality_attention", "lambda_kl": 0.1, "lr_head": 1e-3}]
+    spec = load_search(_search_file(tmp_path / "ok.yaml", start_points=good, **base))
+    assert spec.start_points == good
+    for bad, says in [
+        ([{"fusion": "text"}], "start_points"),  # lr_head missing
+        (
+            [{"fusion": "text", "lr_head": 1e-3, "lambda_kl": 0.1}],
+            "start_points",
+        ),  # lambda_kl without modality_attention
+        ([{"fusion": "text", "lr_head": 1e-3, "dropout": 0.1}], "unknown parameters"),
+    ]:
+        with pytest.raises(ValueError, match=says):
+            load_search(_search_file(tmp_path / "bad.yaml", start_points=bad, **base))
+    with pytest.raises(ValueError, match="full_budget"):
+        load_search(_search_file(tmp_path / "bad2.yaml", full_budget={"epoch": 3}, **base))

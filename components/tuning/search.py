@@ -96,7 +96,13 @@ def run_search(
             tune.with_parameters(run_trial, context=context),
             {"cpu": spec.resources.cpus_per_trial, "gpu": gpus},
         )
-        searcher = OptunaSearch(space=define_by_run(spec), metric=spec.metric, mode="max", seed=spec.seed)
+        searcher = OptunaSearch(
+            space=define_by_run(spec),
+            metric=spec.metric,
+            mode="max",
+            seed=spec.seed,
+            points_to_evaluate=[dict(p) for p in spec.start_points] or None,
+        )
         if spec.max_concurrent_trials:
             searcher = ConcurrencyLimiter(searcher, max_concurrent=spec.max_concurrent_trials)
         scheduler = asha_class()(
@@ -145,11 +151,15 @@ def run_search(
     finished = [t for t in result.ranked() if t.model_dir]
     result.best = finished[0] if finished else None
     if spec.full_budget_top and result.best is not None:
-        # Only those that did not already train for the full budget to their end.
+        # Only those that did not already train for the full budget to their end (all of them
+        # when the second stage has values of its own).
         top = [
             t
             for t in result.ranked()[: spec.full_budget_top]
-            if t.stopped_early or t.interrupted or int(t.params.get("epochs", spec.max_epochs)) < spec.max_epochs
+            if spec.full_budget
+            or t.stopped_early
+            or t.interrupted
+            or int(t.params.get("epochs", spec.max_epochs)) < spec.max_epochs
         ]
         retrained = full_budget_stage(spec, dataset, top, trials_dir, registry_url, parent_run_id)
         records += retrained
@@ -175,8 +185,8 @@ def full_budget_stage(
     registry_url: str | None = None,
     parent_run_id: int | None = None,
 ) -> list[TrialRecord]:
-    """Train each of `top`'s configurations again for the search's largest epoch budget, early
-    stopping on validation as usual (in the driver, one after another). ASHA judges trials on
+    """Train each of `top`'s configurations again for the search's largest epoch budget (and the
+    values of `spec.full_budget`), early stopping on validation as usual (in the driver, one after another). ASHA judges trials on
     their first epochs, which favours configurations that learn fast over those that end best.
     With a registry, each is a `tune-trial` run (child of `parent_run_id`) like the others."""
     from components.training.trainer import train
@@ -189,7 +199,7 @@ def full_budget_stage(
     out = []
     try:
         for trial in top:
-            params = {**trial.params, "epochs": spec.max_epochs}
+            params = {**trial.params, "epochs": spec.max_epochs, **spec.full_budget}
             record = TrialRecord(trial_id=f"{trial.trial_id}-full", params=params)
             if registry is not None:
                 record.run_id = registry.start_run(

@@ -105,6 +105,7 @@ class Parameters(_Strict):
     batch_size: Param | None = None
     head_hidden: Param | None = None  # model.head.hidden
     head_dropout: Param | None = None  # model.head.dropout
+    image_dropout: Param | None = None  # training.image_dropout (modality dropout)
 
 
 class Asha(_Strict):
@@ -134,6 +135,12 @@ class SearchSpec(_Strict):
     # Second stage: the best trials (most of them cut short by ASHA, or sampled with few epochs)
     # train again for the full epoch budget; the best on validation of all is the search's result.
     full_budget_top: int = Field(2, ge=0)
+    # The second stage's own values of some parameters (e.g. the recipe's epochs, batch size and
+    # head width where the first stage searched cheap ones): {} = the largest epochs, else as searched.
+    full_budget: dict[str, Any] = Field(default_factory=dict)
+    # Configurations the search tries first (Optuna's enqueued trials), e.g. the hand-picked
+    # recipe: the search then starts from what is known to work instead of from random points.
+    start_points: list[dict[str, Any]] = Field(default_factory=list)
     keep_trial_models: bool = False  # keep every trial's model folder (default: only the best)
     # A finished trial's Ray worker takes the next trial (torch, the encoders' code and the dataset
     # stay loaded). false: every trial starts a fresh worker wherever a CPU is free, so that trials
@@ -159,6 +166,18 @@ class SearchSpec(_Strict):
             raise ValueError(
                 "parameters.lambda_kl: only used by modality_attention, which parameters.fusion does not include"
             )
+        names = set(Parameters.model_fields)
+        for where, keys in [("full_budget", self.full_budget), *(("start_points", pt) for pt in self.start_points)]:
+            unknown = sorted(set(keys) - names)
+            if unknown:
+                raise ValueError(f"{where}: unknown parameters {unknown}; known: {sorted(names)}")
+        for point in self.start_points:
+            searched = set(self.searched) - ({"lambda_kl"} if point.get("fusion") != "modality_attention" else set())
+            if set(point) != searched:
+                raise ValueError(
+                    f"start_points: {point} must give exactly the searched parameters {sorted(searched)} "
+                    "(lambda_kl only with fusion modality_attention)"
+                )
         for name in ("epochs", "batch_size", "head_hidden"):
             for v in _bounds(getattr(p, name)):
                 if not isinstance(v, int) or isinstance(v, bool) or v < 1:
@@ -256,7 +275,16 @@ def build_train_config(spec: SearchSpec, params: dict[str, Any]) -> TrainConfig:
         model["head"]["dropout"] = params["head_dropout"]
     training["frozen"] = spec.mode == "frozen"
     training["monitor"] = spec.metric
-    for name in ("lr_head", "lr_text", "lr_image", "weight_decay", "warmup_share", "epochs", "batch_size"):
+    for name in (
+        "lr_head",
+        "lr_text",
+        "lr_image",
+        "weight_decay",
+        "warmup_share",
+        "epochs",
+        "batch_size",
+        "image_dropout",
+    ):
         if params.get(name) is not None:
             training[name] = params[name]
     return TrainConfig.model_validate(raw)
