@@ -62,19 +62,49 @@ def paired_bootstrap(
     return {m: [float(np.percentile(d, 2.5)), float(np.percentile(d, 97.5))] for m, d in diffs.items()}
 
 
+# What the data can decide (paired bootstrap over the test products): a row beats another on an
+# attribute when the 95% interval of the difference lies above 0 (a win). Where the other row is at
+# the ceiling (CEILING or more: gender, ~0.99) no win is possible, so the claim is non-inferiority:
+# the interval's lower bound above -MARGIN. A target is met when every attribute is one or the other.
+CEILING = 0.98
+MARGIN = 0.01
+
+
+def verdict(ci: list[float], bar: float) -> str:
+    """win | non-inferior | tie (the interval holds 0) | loss (it lies below 0)."""
+    if ci[0] > 0:
+        return "win"
+    if bar >= CEILING and ci[0] > -MARGIN:
+        return "non-inferior"
+    return "tie" if ci[1] >= 0 else "loss"
+
+
 def _compare(rows, a: str, b: str, metric: str, intervals) -> dict[str, Any]:
     """Row a minus row b on `metric` per attribute; `intervals(a, b, attribute)` gives the
-    bootstrap intervals (None when the rows' test probabilities are not at hand)."""
+    bootstrap intervals (None when the rows' test probabilities are not at hand: then only the
+    point differences, and the target is not decided)."""
     diff = {attr: rows[a]["attributes"][attr][metric] - rows[b]["attributes"][attr][metric] for attr in ATTRIBUTES}
-    out: dict[str, Any] = {"met": all(d > 0 for d in diff.values()), "diff": diff}
+    out: dict[str, Any] = {"a": a, "b": b, "metric": metric, "diff": diff}
     ci = {attr: intervals(a, b, attr) for attr in ATTRIBUTES}
     if all(v is not None for v in ci.values()):
         out["ci95"] = {attr: v[metric] for attr, v in ci.items()}
-    out["detail"] = ", ".join(
-        f"{attr} {d:+.3f}" + (" [{:+.3f}, {:+.3f}]".format(*out["ci95"][attr]) if "ci95" in out else "")
-        for attr, d in diff.items()
+    return with_verdicts(out, rows)
+
+
+def with_verdicts(target: dict[str, Any], rows: dict[str, Any]) -> dict[str, Any]:
+    """The target's per-attribute verdicts, `met` and its one-line detail (from diff and ci95)."""
+    ci = target.get("ci95")
+    if ci is None:
+        target["met"], target["verdicts"] = None, None
+    else:
+        bar = {attr: rows[target["b"]]["attributes"][attr][target["metric"]] for attr in ci}
+        target["verdicts"] = {attr: verdict(ci[attr], bar[attr]) for attr in ci}
+        target["met"] = all(v in ("win", "non-inferior") for v in target["verdicts"].values())
+    target["detail"] = ", ".join(
+        f"{attr} {d:+.3f}" + (" [{:+.3f}, {:+.3f}] {}".format(*ci[attr], target["verdicts"][attr]) if ci else "")
+        for attr, d in target["diff"].items()
     )
-    return out
+    return target
 
 
 def check_targets(
@@ -113,3 +143,18 @@ def check_targets(
             "detail": f"{bm} {d:+.3f}",
         }
     return out
+
+
+def restate_targets(results: dict[str, Any]) -> None:
+    """Re-decide stored targets (their diffs and intervals) by `verdict`: quality.json files written
+    before targets carried their rows name them only in the target's text."""
+    import re
+
+    for key, target in results.get("targets", {}).items():
+        if "ci95" not in target:
+            continue
+        if "a" not in target:
+            pair = re.search(r"\((\S+)\) beats best single-modality \((\S+)\)", key)
+            target["a"], target["b"] = pair.groups() if pair else (results["best"], "tfidf_lr")
+            target["metric"] = key.rsplit(" on ", 1)[1]
+        with_verdicts(target, results["rows"])

@@ -41,7 +41,7 @@ sys.path.insert(0, str(ROOT))  # the repository first: `bench` is the package, n
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
-from bench.bootstrap import target_checks  # noqa: E402
+from bench.bootstrap import restate_targets, target_checks  # noqa: E402
 from bench.cache import embedding_cache  # noqa: E402
 from bench.colour_hidden import colour_hidden_dataset  # noqa: E402
 from bench.common import ATTRIBUTES, RESULTS, SPEC, log  # noqa: E402
@@ -98,6 +98,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         "each (default 2: one per core of the reference machine); 1 = one after another in this process",
     )
     ap.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's choice)")
+    ap.add_argument(
+        "--rerender",
+        action="store_true",
+        help="only rewrite quality.md from quality.json and seeds.json (targets re-decided; no training)",
+    )
     ap.add_argument("--out", type=Path, default=RESULTS)
     # Set by the parent for its lane processes: the already ingested dataset folders.
     ap.add_argument("--dataset", type=Path, default=None, help=argparse.SUPPRESS)
@@ -107,6 +112,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 def main() -> None:
     args = parse_args()
+    if args.rerender:
+        print(rerender(args.out))
+        return
     if args.threads:
         torch.set_num_threads(args.threads)
     keep_freed_memory()
@@ -260,8 +268,23 @@ def report(
         results["row_seconds"].update(
             {f"colour_hidden-{n}": r.get("wall_seconds", r.get("train_seconds")) for n, r in ch_rows.items()}
         )
+    results["seeds"] = seed_rows(args.out)
     if "tfidf_lr" in results["rows"]:
         results["targets"] = target_checks(results, ds, labels, home / TFIDF_PROBS)
+
+
+def seed_rows(out: Path) -> dict[str, Any]:
+    """The run-to-run table's rows (make bench-seeds), shown beside the rows' means."""
+    path = out / "seeds.json"
+    return json.loads(path.read_text())["rows"] if path.is_file() else {}
+
+
+def rerender(out: Path) -> str:
+    """quality.md again from quality.json and seeds.json: the targets re-decided, seeds beside the means."""
+    results = json.loads((out / "quality.json").read_text())
+    restate_targets(results)
+    results["seeds"] = seed_rows(out)
+    return write_report(out, results)
 
 
 if __name__ == "__main__":

@@ -26,6 +26,13 @@ def write_report(out: Path, results: dict[str, Any]) -> str:
     return text
 
 
+def seed_means(seeds: dict[str, Any] | None, metric: str) -> list[float] | None:
+    """A row's mean over the attributes for each training seed (bench/results/seeds.json)."""
+    if not seeds or metric not in seeds:
+        return None
+    return [float(np.mean([seeds[metric][a]["values"][i] for a in ATTRIBUTES])) for i in range(len(seeds["seeds"]))]
+
+
 def environment(ds: Dataset) -> dict[str, Any]:
     import sklearn
     import timm
@@ -87,12 +94,21 @@ def markdown(results: dict[str, Any]) -> str:
         ]
         for name, row in rows.items():
             vals = [row["attributes"][a][metric] for a in ATTRIBUTES]
+            spread = seed_means(results.get("seeds", {}).get(name), metric)
             lines.append(
                 f"| {name}{' **(best)**' if name == results.get('best') else ''} | "
                 + " | ".join(f"{v:.3f}" for v in vals)
-                + f" | {np.mean(vals):.3f} | {row['train_seconds']:.0f} | {row['items_per_second']:.0f} |"
+                + f" | {np.mean(vals):.3f}"
+                + (f" ({min(spread):.3f}-{max(spread):.3f} over {len(spread)} seeds)" if spread else "")
+                + f" | {row['train_seconds']:.0f} | {row['items_per_second']:.0f} |"
             )
         lines.append("")
+        if metric == "f1_macro" and results.get("seeds"):
+            lines += [
+                "In brackets: the range of the mean over training seeds 0-2 (make bench-seeds; "
+                "bench/results/seeds.md has each attribute's spread).",
+                "",
+            ]
     if ENSEMBLE in rows:
         ens = rows[ENSEMBLE]["config"]
         lines += [
@@ -165,7 +181,17 @@ def markdown(results: dict[str, Any]) -> str:
     if tg:
         lines += (
             ["## Targets", ""]
-            + [f"- {k}: {'MET' if v['met'] else 'NOT MET'} ({v['detail']})" for k, v in tg.items()]
+            + [
+                "A win: the paired-bootstrap 95% interval of the difference lies above 0; where the other row "
+                "is at the ceiling (>= 0.98) the claim is non-inferiority (lower bound above -0.01). Met: every "
+                "attribute a win or non-inferior. Beside each difference: its interval and verdict.",
+                "",
+            ]
+            + [
+                f"- {k}: {'not decided (no intervals)' if v['met'] is None else 'MET' if v['met'] else 'NOT MET'} "
+                f"({v['detail']})"
+                for k, v in tg.items()
+            ]
             + [""]
         )
     return "\n".join(lines)

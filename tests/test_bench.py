@@ -107,6 +107,37 @@ def test_paired_bootstrap_brackets_the_difference():
     assert better["f1_macro"][0] > 0.5 and better["r_at_p95"][0] > 0.5
     worse = paired_bootstrap(noisy, good, y, n=100)
     assert worse["f1_macro"][1] < -0.5
+    # Multilabel attributes too (thresholds at 0.5), rows with a missing label left out.
+    y2 = (rng.random((600, 3)) < 0.4).astype(int)
+    y2[:10] = -1
+    sure = np.where(y2 == 1, 0.9, 0.1)
+    ml = paired_bootstrap(sure, rng.random((600, 3)), y2, kind="multilabel", n=50)
+    assert ml["f1_macro"][0] > 0.2
+
+
+def test_targets_are_wins_or_non_inferiority_at_the_ceiling():
+    """A win needs the interval above 0; at the ceiling, non-inferiority within the margin;
+    an interval holding 0 elsewhere decides nothing, so the target is not met."""
+    from bench.bootstrap import verdict, with_verdicts
+
+    assert verdict([0.01, 0.05], bar=0.80) == "win"
+    assert verdict([-0.004, 0.06], bar=0.80) == "tie"
+    assert verdict([-0.004, 0.01], bar=0.99) == "non-inferior"
+    assert verdict([-0.03, 0.01], bar=0.99) == "tie"
+    assert verdict([-0.05, -0.01], bar=0.80) == "loss"
+    rows = {
+        r: {"attributes": {a: {"f1_macro": v} for a, v in vals.items()}}
+        for r, vals in {
+            "best": {"colour": 0.83, "gender": 0.99},
+            "bar": {"colour": 0.80, "gender": 0.99},
+        }.items()
+    }
+    target = {"a": "best", "b": "bar", "metric": "f1_macro", "diff": {"colour": 0.03, "gender": 0.0}}
+    met = with_verdicts({**target, "ci95": {"colour": [0.01, 0.05], "gender": [-0.005, 0.004]}}, rows)
+    assert met["met"] and met["verdicts"] == {"colour": "win", "gender": "non-inferior"}
+    undecided = with_verdicts({**target, "ci95": {"colour": [-0.01, 0.07], "gender": [-0.005, 0.004]}}, rows)
+    assert undecided["met"] is False and "tie" in undecided["detail"]
+    assert with_verdicts(dict(target), rows)["met"] is None  # no intervals: not decided
 
 
 def _row(seed: int, f1: dict[str, float]) -> dict:
