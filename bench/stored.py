@@ -20,12 +20,24 @@ def strip_private(obj):
     return obj
 
 
+def same_config(stored: dict[str, Any] | None, current: dict[str, Any]) -> bool:
+    """A stored row was made with `current`: equal once unset (None) settings are dropped from both,
+    so a setting added later with an off-by-default None (e.g. training.max_seconds) keeps old rows."""
+
+    def set_only(obj):
+        if isinstance(obj, dict):
+            return {k: set_only(v) for k, v in obj.items() if v is not None}
+        return obj
+
+    return stored is not None and set_only(stored) == set_only(json.loads(json.dumps(current)))
+
+
 def run_row(out: Path, name: str, config: dict[str, Any], fn, reuse: bool) -> dict[str, Any]:
     """Run one row, or (with --reuse) read it back from bench/results/rows/NAME.json when its config is unchanged."""
     path = out / "rows" / f"{name}.json"
     if reuse and path.is_file():
         old = json.loads(path.read_text())
-        if old.get("config") == json.loads(json.dumps(config)):
+        if same_config(old.get("config"), config):
             log(f"{name}: reusing {path}")
             return old
     start = time.perf_counter()
@@ -48,6 +60,6 @@ def stored_rows(out: Path, prefix: str = "", names: list[str] | None = None) -> 
             continue
         row = json.loads(p.read_text())
         current = TFIDF_CONFIG if n == "tfidf_lr" else row_config(n, attributes).model_dump(mode="json")
-        if row.get("config") == current:
+        if same_config(row.get("config"), current):
             found[n] = row
     return found

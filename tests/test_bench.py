@@ -331,3 +331,15 @@ def test_closed_loop_scenario_windows_are_disjoint_and_shifted(fashion_dir, tmp_
     assert met == {"a weaker challenger is refused": True}
     promoted = {**refused, "stage": "production", "served_after": 4}
     assert not targets({"target_minutes": 15.0, "weaker_challenger": promoted})[0]["met"]
+
+
+def test_a_setting_added_later_unset_keeps_stored_rows():
+    """Rows stored before a new off-by-default (None) setting existed still count as current;
+    a changed value does not."""
+    from bench.stored import same_config
+
+    old = {"training": {"epochs": 12, "lr_head": 0.002}}
+    assert same_config(old, {"training": {"epochs": 12, "lr_head": 0.002, "max_seconds": None}})
+    assert not same_config(old, {"training": {"epochs": 12, "lr_head": 0.002, "max_seconds": 60}})
+    assert not same_config(old, {"training": {"epochs": 14, "lr_head": 0.002}})
+    assert not same_config(None, old)
