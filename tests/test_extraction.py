@@ -291,3 +291,137 @@ def test_real_default_encoder_learns_to_extract_a_brand():
     model = train_extractor(cfg, rows)
     found = best_values(extract(model, ["Stelvo Men's trail shoe size 9"], ["Shoes"])[0])
     assert "Brand" in found and found["Brand"].text == "Stelvo" and found["Brand"].start == 0
+
+
+# -- M-JAVE's visual gates ------------------------------------------------------------------------
+TINY_IMAGE = {"name": "tiny-random", "image_size": [32, 32]}
+
+
+def _gated(**cfg):
+    return _tiny(image=TINY_IMAGE, global_visual_gate=True, regional_visual_gate=True, **cfg)
+
+
+def test_visual_gates_shapes_and_products_without_an_image():
+    """Each gate keeps the token vectors' shape; a product without an image passes them unchanged
+    (its tags are those of the same model with no gates), one with an image does not."""
+    from components.models.tagger import VisualGates
+
+    gates = VisualGates(8, image_dim=6, region_dim=5, global_gate=True, regional_gate=True)
+    h, image, regions = torch.randn(2, 7, 8), torch.randn(2, 6), torch.randn(2, 4, 5)
+    out = gates(h, image, regions, torch.tensor([True, False]))
+    assert out.shape == h.shape
+    assert torch.equal(out[1], h[1]) and not torch.allclose(out[0], h[0])
+    for only in ({"global_gate": True, "regional_gate": False}, {"global_gate": False, "regional_gate": True}):
+        one = VisualGates(8, 6, 5, **only)
+        assert one(h, image, regions, torch.tensor([True, True])).shape == h.shape
+
+    model = _gated()
+    batch = model.tokenize(["Acme red shirt", "blue bag"], ["Shirts", "Bags"])
+    without = model(batch).tag_logits  # no pixels, no cache: no product has an image
+    ungated = model.gates
+    model.gates = None
+    assert torch.allclose(model(batch).tag_logits, without)
+    model.gates = ungated
+    pixels = torch.rand(2, 3, 32, 32)
+    withimg = model({**batch, "pixels": pixels, "has_image": torch.tensor([True, False])}).tag_logits
+    assert withimg.shape == without.shape
+    assert torch.allclose(withimg[1], without[1]) and not torch.allclose(withimg[0], without[0])
+    with pytest.raises(ValueError, match="image encoder"):
+        ExtractionConfig(global_visual_gate=True)
+
+
+def test_cached_encoder_outputs_give_the_same_tags_and_frozen_weights_are_not_saved(tmp_path):
+    """The embedding cache's token vectors and image features stand in for the frozen encoders
+    (the same tags), and a saved gated model leaves the frozen encoders' weights out but loads back equal."""
+    from components.models.tagger import cached_inputs
+
+    model = _gated(frozen_text=True, context_layers=1, attribute_head=True)
+    texts, cats = ["Acme red shirt", "blue bag"], ["Shirts", "Bags"]
+    batch = model.tokenize(texts, cats)
+    pixels, has = torch.rand(2, 3, 32, 32), torch.tensor([True, True])
+    direct = model({**batch, "pixels": pixels, "has_image": has})
+    with torch.no_grad():
+        t = model.text_encoder(**{k: batch[k] for k in ("input_ids", "attention_mask", "token_type_ids") if k in batch})
+        im = model.image_encoder(pixels)
+    T = batch["input_ids"].shape[1]
+    cache = {
+        "text": t.pooled,
+        "text_tokens": torch.cat([t.tokens, torch.zeros(2, 32 - T, t.tokens.shape[-1])], 1).half(),
+        "image": im.pooled,
+        "image_tokens": im.tokens.half(),
+        "has_image": has,
+    }
+    cached = model({**batch, **cached_inputs(cache, torch.arange(2), T)})
+    assert torch.allclose(direct.tag_logits, cached.tag_logits, atol=2e-2)
+    saved = save_model(model, tmp_path / "m")
+    from safetensors.torch import load_file
+
+    keys = load_file(str(saved / "model.safetensors")).keys()
+    assert not any(k.startswith(("image_encoder.", "text_encoder.")) for k in keys)
+    assert any(k.startswith("gates.regional_gate") for k in keys) and any(k.startswith("context.") for k in keys)
+    loaded = load_model(saved)
+    again = loaded({**batch, "pixels": pixels, "has_image": has})
+    assert torch.allclose(direct.tag_logits, again.tag_logits, atol=1e-5)
+
+
+def test_gated_tagger_learns_what_only_the_image_tells():
+    """Titles name two colours, the image says which one is the product's: the gated tagger learns
+    to pick by the image (and, with the images swapped, picks wrong), the text-only one cannot."""
+    torch.manual_seed(0)
+    colours = ["red", "blue"]
+    rows, feats = [], []
+    for i in range(160):
+        k = i % 2
+        first, second = (colours[0], colours[1]) if (i // 2) % 2 else (colours[1], colours[0])
+        text = f"shirt {first} and {second} stripes"
+        start = text.index(colours[k])
+        rows.append(
+            SpanRow(str(i), text, "Shirts", {"colour": [colours[k]]}, [Span(start, start + len(colours[k]), "colour")])
+        )
+        feats.append(k)
+    k = torch.tensor(feats)
+    n = len(rows)
+    image = torch.nn.functional.one_hot(k, 2).float().repeat(1, 3) + 0.05 * torch.randn(n, 6)
+    features = {
+        "image": image,
+        "image_tokens": image[:, None, :].repeat(1, 2, 1),
+        "has_image": torch.ones(n, dtype=torch.bool),
+    }
+
+    def trained(**gates):
+        cfg = ExtractionTrainConfig(
+            model=ExtractionConfig(text=TINY_TEXT, category_input=False, image=TINY_IMAGE if gates else None, **gates),
+            training=ExtractionTrainingConfig(epochs=30, batch_size=16, lr_text=1e-3, lr_head=1e-2, warmup_share=0.0),
+        )
+        model = train_extractor(cfg, rows, features=_with_image_dims(features) if gates else None)
+        return model
+
+    def accuracy(model, feats):
+        found = extract(model, [r.text for r in rows], [r.category for r in rows], features=feats)
+        return np.mean(
+            [
+                best_values(f).get("colour") is not None and best_values(f)["colour"].text == r.values["colour"][0]
+                for f, r in zip(found, rows, strict=True)
+            ]
+        )
+
+    gated = trained(global_visual_gate=True, regional_visual_gate=True)
+    text_only = trained()
+    f = _with_image_dims(features)
+    swapped = {**f, **{key: f[key][torch.roll(torch.arange(n), 1)] for key in ("image", "image_tokens")}}
+    assert accuracy(gated, f) >= 0.9
+    assert accuracy(gated, swapped) <= 0.3  # the image decides: the neighbour's image gives the other colour
+    assert accuracy(text_only, None) <= 0.75
+
+
+def _with_image_dims(features):
+    """Pad the toy image features to the tiny image encoder's sizes (pooled dim, region dim)."""
+    from components.models.encoders import ImageEncoder, ImageEncoderConfig
+
+    enc = ImageEncoder(ImageEncoderConfig(**TINY_IMAGE))
+    pad = lambda x, d: torch.nn.functional.pad(x, (0, d - x.shape[-1]))  # noqa: E731
+    return {
+        **features,
+        "image": pad(features["image"], enc.dim),
+        "image_tokens": pad(features["image_tokens"], enc.token_dim),
+    }

@@ -14,7 +14,7 @@ import torch
 
 from components.catalog.spans import snap_to_words, trim_separators
 from components.models.bio import decode_spans
-from components.models.tagger import ExtractionModel
+from components.models.tagger import ExtractionModel, cached_inputs
 
 
 @dataclass(frozen=True)
@@ -34,16 +34,20 @@ def extract(
     categories: Sequence[str],
     allowed: Mapping[str, Sequence[str]] | None = None,
     batch_size: int = 64,
+    features: Mapping[str, torch.Tensor] | None = None,
 ) -> list[list[ExtractedSpan]]:
     """Spans per product. `allowed`: per category, the attributes it defines (others are not decoded;
     None = all). With range minimisation, also only the attributes the attribute head accepts; with
-    fill_accepted, each accepted attribute gets at least its best span."""
+    fill_accepted, each accepted attribute gets at least its best span. `features`: the frozen
+    encoders' outputs per product (the embedding cache), in the order of `texts`."""
     model.eval()
     out: list[list[ExtractedSpan]] = []
     cfg = model.config
     for lo in range(0, len(texts), batch_size):
         tx, cats = list(texts[lo : lo + batch_size]), list(categories[lo : lo + batch_size])
         batch = model.tokenize(tx, cats)
+        if features is not None:
+            batch.update(cached_inputs(dict(features), torch.arange(lo, lo + len(tx)), batch["input_ids"].shape[1]))
         res = model(batch)
         probs = res.tag_logits.softmax(-1).numpy()
         accept = None

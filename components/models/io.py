@@ -38,10 +38,17 @@ def save_model(
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     state = model.state_dict()
+    frozen = model.frozen_prefixes() if isinstance(model, ExtractionModel) else ()
     if not include_encoders:
-        state = {k: v for k, v in state.items() if not k.startswith(("text_encoder.", "image_encoder."))}
+        frozen = ("text_encoder.", "image_encoder.")
+    state = {k: v for k, v in state.items() if not k.startswith(frozen)} if frozen else state
     save_file({k: v.detach().contiguous().cpu() for k, v in state.items()}, str(out_dir / WEIGHTS))
-    meta = {"model": model.config.model_dump(mode="json"), "includes_encoders": include_encoders, **(extra or {})}
+    meta = {
+        "model": model.config.model_dump(mode="json"),
+        "includes_encoders": include_encoders,
+        "not_saved": list(frozen),  # frozen pretrained weights, rebuilt from the config on load
+        **(extra or {}),
+    }
     if isinstance(model, ExtractionModel):
         meta["surface_forms"] = model.surface_forms
         meta["word_aligned"] = model.word_aligned
@@ -67,8 +74,11 @@ def load_model(model_dir: str | Path, device: str | torch.device = "cpu") -> Att
     model = create_model(meta["model"], vocab)  # a classifier, or an extraction tagger (task: extraction)
     state = load_file(str(model_dir / WEIGHTS))
     missing, unexpected = model.load_state_dict(state, strict=False)
-    if not meta["includes_encoders"]:
-        missing = [k for k in missing if not k.startswith(("text_encoder.", "image_encoder."))]
+    not_saved = tuple(meta.get("not_saved", ())) + (
+        () if meta["includes_encoders"] else ("text_encoder.", "image_encoder.")
+    )
+    if not_saved:
+        missing = [k for k in missing if not k.startswith(not_saved)]
     if missing or unexpected:
         raise ValueError(
             f"{model_dir}: weights do not match the config (missing {missing[:5]}, unexpected {unexpected[:5]})"

@@ -4,6 +4,13 @@ term between the two (M-JAVE) and attribute range minimisation at decoding (ULS-
 
 Input: `title [SEP] category` (the category as the second segment, optional); only the title's
 tokens are tagged. A product's spans are character offsets into its title.
+
+With an image encoder, M-JAVE's visual gates: the global gate adds the pooled image to every
+token through a learned gate, the regional gate lets each token attend to the image's regions
+and adds what it finds, gated too (Zhu et al. 2020, "Multimodal Joint Attribute Prediction and
+Value Extraction for E-commerce Product"). Products without an image pass the gates unchanged.
+Frozen encoders' outputs may come in the batch (`text_tokens`, `text`, `image`, `image_tokens`,
+`has_image`: the embedding cache, components.features.cache) instead of being computed.
 """
 
 from __future__ import annotations
@@ -18,7 +25,7 @@ from torch.nn import functional as F
 
 from components.catalog.spans import SpanRow
 from components.models.bio import N_TAGS, B, I, O
-from components.models.encoders import TextEncoder, TextEncoderConfig
+from components.models.encoders import ImageEncoder, ImageEncoderConfig, TextEncoder, TextEncoderConfig
 from components.models.heads import Vocab
 
 IGNORE = -100
@@ -41,12 +48,26 @@ class ExtractionConfig(BaseModel):
     # picks the attribute set, the tagger where the values are, as in ULS-DRAM).
     fill_accepted: bool = False
     attribute_threshold: float = Field(0.5, gt=0, lt=1)
+    # Frozen text encoder (its token vectors may then come from the embedding cache) and a few
+    # transformer layers trained over them, so that tags still see their context.
+    frozen_text: bool = False
+    context_layers: int = Field(0, ge=0)
+    # M-JAVE's visual gates over a frozen image encoder (`image`: its pooled vector and regions).
+    image: ImageEncoderConfig | None = None
+    global_visual_gate: bool = False
+    regional_visual_gate: bool = False
 
     @model_validator(mode="after")
     def _needs_head(self) -> ExtractionConfig:
         if not self.attribute_head and (self.lambda_kl > 0 or self.range_minimisation or self.fill_accepted):
             raise ValueError("lambda_kl, range_minimisation and fill_accepted need attribute_head: true")
+        if (self.global_visual_gate or self.regional_visual_gate) and self.image is None:
+            raise ValueError("global_visual_gate and regional_visual_gate need an image encoder (image: {...})")
         return self
+
+    @property
+    def gated(self) -> bool:
+        return self.global_visual_gate or self.regional_visual_gate
 
 
 @dataclass
@@ -66,8 +87,29 @@ class ExtractionModel(nn.Module):
         self.attributes: list[str] = list(vocab[ATTRIBUTES].values)
         self.index = {a: i for i, a in enumerate(self.attributes)}
         self.text_encoder = TextEncoder(config.text)
+        if config.frozen_text:
+            self.text_encoder.requires_grad_(False)
         d, n = self.text_encoder.dim, len(self.attributes)
         self.dropout = nn.Dropout(config.dropout)
+        self.context = (
+            nn.TransformerEncoder(
+                nn.TransformerEncoderLayer(d, nhead=4, dim_feedforward=2 * d, dropout=config.dropout, batch_first=True),
+                config.context_layers,
+                enable_nested_tensor=False,
+            )
+            if config.context_layers
+            else None
+        )
+        self.image_encoder = self.gates = None
+        if config.gated:
+            self.image_encoder = ImageEncoder(config.image).requires_grad_(False)
+            self.gates = VisualGates(
+                d,
+                self.image_encoder.dim,
+                self.image_encoder.token_dim,
+                config.global_visual_gate,
+                config.regional_visual_gate,
+            )
         self.tagger = nn.Linear(d, n * N_TAGS)
         self.attribute_head = nn.Linear(d, n) if config.attribute_head else None
         # Learned from training spans widened to whole tokens: span text -> the value it stands for.
@@ -124,14 +166,39 @@ class ExtractionModel(nn.Module):
         return {"tags": tags, "present": present}
 
     # -- model ----------------------------------------------------------------------------------
+    def frozen_prefixes(self) -> tuple[str, ...]:
+        """State-dict prefixes of frozen pretrained encoders: not saved, rebuilt from the config."""
+        return ("image_encoder.",) + (("text_encoder.",) if self.config.frozen_text else ())
+
     def forward(self, batch: dict[str, torch.Tensor]) -> ExtractionOutput:
-        inputs = {k: batch[k] for k in ("input_ids", "attention_mask", "token_type_ids") if k in batch}
-        t = self.text_encoder(**inputs)
-        tokens = self.dropout(t.tokens)
-        bsz, T, _ = tokens.shape
-        logits = self.tagger(tokens).view(bsz, T, len(self.attributes), N_TAGS)
-        attr = self.attribute_head(self.dropout(t.pooled)) if self.attribute_head is not None else None
+        if "text_tokens" in batch:  # the frozen encoder's output, from the embedding cache
+            tokens, pooled = batch["text_tokens"].float(), batch["text"].float()
+        else:
+            inputs = {k: batch[k] for k in ("input_ids", "attention_mask", "token_type_ids") if k in batch}
+            with torch.set_grad_enabled(torch.is_grad_enabled() and not self.config.frozen_text):
+                t = self.text_encoder(**inputs)
+            tokens, pooled = t.tokens, t.pooled
+        h = self.dropout(tokens)
+        if self.context is not None:
+            h = self.context(h, src_key_padding_mask=~batch["attention_mask"].bool())
+        if self.gates is not None:
+            h = self.gates(h, *self.image_inputs(batch, len(h)))
+        bsz, T, _ = h.shape
+        logits = self.tagger(h).view(bsz, T, len(self.attributes), N_TAGS)
+        attr = self.attribute_head(self.dropout(pooled)) if self.attribute_head is not None else None
         return ExtractionOutput(logits, batch["title_mask"], attr)
+
+    def image_inputs(self, batch: dict[str, torch.Tensor], n: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """(pooled (B, Dv), regions (B, R, Dr), has_image (B,)): from the batch (cache), from its
+        pixels through the frozen image encoder, or none at all (every product without an image)."""
+        enc = self.image_encoder
+        if "image_tokens" in batch:
+            return batch["image"].float(), batch["image_tokens"].float(), batch["has_image"].bool()
+        if "pixels" in batch:
+            with torch.no_grad():
+                out = enc(batch["pixels"])
+            return out.pooled, out.tokens, batch["has_image"].bool()
+        return torch.zeros(n, enc.dim), torch.zeros(n, 1, enc.token_dim), torch.zeros(n, dtype=torch.bool)
 
     def loss(self, out: ExtractionOutput, labels: dict[str, torch.Tensor]) -> tuple[torch.Tensor, dict[str, float]]:
         cfg = self.config
@@ -154,6 +221,46 @@ class ExtractionModel(nn.Module):
         return total, parts
 
 
+class VisualGates(nn.Module):
+    """M-JAVE's gates. Global: h + g * W v (g = sigmoid(W_g [h; W v]) per token and dimension).
+    Regional: each token attends to the image's regions (scaled dot product), c = the attended
+    regions, h + g_r * c with g_r = sigmoid(W_r [h; c]). Both are zero for products without an image."""
+
+    def __init__(self, d: int, image_dim: int, region_dim: int, global_gate: bool, regional_gate: bool):
+        super().__init__()
+        self.global_proj = nn.Sequential(nn.LayerNorm(image_dim), nn.Linear(image_dim, d)) if global_gate else None
+        self.global_gate = nn.Linear(2 * d, d) if global_gate else None
+        self.region_proj = nn.Sequential(nn.LayerNorm(region_dim), nn.Linear(region_dim, d)) if regional_gate else None
+        self.query = nn.Linear(d, d) if regional_gate else None
+        self.regional_gate = nn.Linear(2 * d, d) if regional_gate else None
+        self.scale = d**-0.5
+
+    def forward(
+        self, h: torch.Tensor, image: torch.Tensor, regions: torch.Tensor, has_image: torch.Tensor
+    ) -> torch.Tensor:
+        present = has_image.to(h.dtype)[:, None, None]
+        if self.global_proj is not None:
+            v = self.global_proj(image)[:, None, :].expand_as(h)
+            h = h + present * torch.sigmoid(self.global_gate(torch.cat([h, v], -1))) * v
+        if self.region_proj is not None:
+            r = self.region_proj(regions)  # (B, R, d)
+            attention = (self.query(h) @ r.transpose(1, 2) * self.scale).softmax(-1)  # (B, T, R)
+            c = attention @ r
+            h = h + present * torch.sigmoid(self.regional_gate(torch.cat([h, c], -1))) * c
+        return h
+
+
+def cached_inputs(features: dict[str, torch.Tensor], index, length: int) -> dict[str, torch.Tensor]:
+    """A batch's frozen-encoder outputs from the embedding cache (rows `index`; token vectors cut to
+    the batch's `length`, which the same tokenizer and max_length make line up with the cache)."""
+    out = {k: features[k][index] for k in ("text", "image", "has_image") if k in features}
+    if "text_tokens" in features:
+        out["text_tokens"] = features["text_tokens"][index, :length]
+    if "image_tokens" in features:
+        out["image_tokens"] = features["image_tokens"][index]
+    return out
+
+
 def token_edges(tokenizer, text: str) -> set[int]:
     """Character positions between a (fast) tokenizer's tokens: where a tagged span may start or end."""
     enc = tokenizer(text, add_special_tokens=False, return_offsets_mapping=True)
@@ -172,4 +279,14 @@ def consistency_kl(p_head: torch.Tensor, p_tagger: torch.Tensor, eps: float = 1e
     return p * (p / q).log() + (1 - p) * ((1 - p) / (1 - q)).log()
 
 
-__all__ = ["B", "I", "O", "ExtractionConfig", "ExtractionModel", "ExtractionOutput", "consistency_kl"]
+__all__ = [
+    "B",
+    "I",
+    "O",
+    "ExtractionConfig",
+    "ExtractionModel",
+    "ExtractionOutput",
+    "VisualGates",
+    "cached_inputs",
+    "consistency_kl",
+]

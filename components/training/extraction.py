@@ -20,7 +20,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from components.catalog.spans import SpanRow, surface_forms, word_aligned_attributes
 from components.models.heads import Vocab
 from components.models.model import create_model
-from components.models.tagger import ATTRIBUTES, ExtractionConfig, ExtractionModel
+from components.models.tagger import ATTRIBUTES, ExtractionConfig, ExtractionModel, cached_inputs
 
 
 class ExtractionTrainingConfig(BaseModel):
@@ -75,8 +75,13 @@ def train_extractor(
     rows: list[SpanRow],
     attributes: list[str] | None = None,
     log: Callable[[str], None] | None = None,
+    features: dict[str, torch.Tensor] | None = None,
 ) -> ExtractionModel:
+    """`features`: the frozen encoders' outputs for `rows`, in their order (the embedding cache:
+    components.features.cache; needs `frozen_text` when it holds token vectors)."""
     cfg = config.training
+    if features is not None and "text_tokens" in features and not config.model.frozen_text:
+        raise ValueError("cached token vectors are for a frozen text encoder: set model.frozen_text: true")
     torch.manual_seed(cfg.seed)
     rng = random.Random(cfg.seed)
     attrs = attributes or attribute_list(rows)
@@ -87,7 +92,7 @@ def train_extractor(
     _freeze_bottom(model, cfg.freeze_layers)
     enc = [p for p in model.text_encoder.parameters() if p.requires_grad]
     in_encoder = {id(p) for p in model.text_encoder.parameters()}
-    head = [p for p in model.parameters() if id(p) not in in_encoder]
+    head = [p for p in model.parameters() if id(p) not in in_encoder and p.requires_grad]
     opt = torch.optim.AdamW(
         [{"params": enc, "lr": cfg.lr_text}, {"params": head, "lr": cfg.lr_head}], weight_decay=cfg.weight_decay
     )
@@ -106,6 +111,8 @@ def train_extractor(
                 break
             batch_rows = [rows[i] for i in idx]
             batch = model.tokenize([r.text for r in batch_rows], [r.category for r in batch_rows])
+            if features is not None:
+                batch.update(cached_inputs(features, torch.tensor(idx), batch["input_ids"].shape[1]))
             loss, parts = model.loss(model(batch), model.labels(batch_rows, batch))
             opt.zero_grad()
             loss.backward()
