@@ -96,10 +96,14 @@ def train_cmd(
     epochs: Annotated[int | None, typer.Option(help="Override training.epochs.")] = None,
     as_json: Annotated[bool, typer.Option("--json", help="End with one JSON line of the result.")] = False,
 ) -> None:
-    """Train a model; saves the best epoch with its per-value publishing thresholds."""
+    """Train a model; saves the best epoch with its per-value publishing thresholds. A config with
+    `model: {task: extraction}` trains a value-extraction tagger (values located in the titles)."""
     from components.catalog import load_dataset
     from components.training.trainer import load_train_config, train
 
+    if _is_extraction_config(config):
+        _train_extraction(config, dataset, out, as_json)
+        return
     try:
         cfg = load_train_config(config, **({"training": {"epochs": epochs}} if epochs else {}))
         ds = load_dataset(dataset)
@@ -124,6 +128,42 @@ def train_cmd(
         )
 
 
+def _is_extraction_config(path: Path) -> bool:
+    from components.yaml_files import read_yaml_mapping
+
+    try:
+        model = read_yaml_mapping(path, "training config", empty_ok=True).get("model") or {}
+    except ValueError as e:
+        _fail(str(e))
+    return isinstance(model, dict) and model.get("task") == "extraction"
+
+
+def _train_extraction(config: Path, dataset: Path, out: Path | None, as_json: bool) -> None:
+    from components.catalog import load_dataset
+    from components.training.extraction import load_extraction_config, train_extraction
+
+    try:
+        cfg, ds = load_extraction_config(config), load_dataset(dataset)
+        out = out or get_settings().home / "models" / ds.name / config.stem
+        result = train_extraction(cfg, ds, out, log=typer.echo)
+    except (ValueError, FileNotFoundError) as e:
+        _fail(str(e))
+    m = result.validation["micro"]
+    typer.echo(f"model: {result.model_dir} (validation value F1 {m['f1']:.3f}, {result.seconds:.0f} s)")
+    typer.echo("publishing thresholds: " + ", ".join(f"{a} {t}" for a, t in result.thresholds.items()))
+    if as_json:
+        typer.echo(json.dumps({"model_dir": str(result.model_dir), "validation": result.validation}))
+
+
+def _is_extraction_model(model_dir: Path) -> bool:
+    from components.models.io import load_meta
+
+    try:
+        return load_meta(model_dir)["model"].get("task") == "extraction"
+    except (FileNotFoundError, KeyError):
+        return False
+
+
 @app.command("evaluate")
 def evaluate_cmd(
     model_dir: Annotated[Path, typer.Argument(help="A model folder written by `attrflow train`.")],
@@ -132,10 +172,29 @@ def evaluate_cmd(
     out: Annotated[Path | None, typer.Option(help="Report folder (default MODEL_DIR/eval-<split>).")] = None,
     as_json: Annotated[bool, typer.Option("--json", help="End with one JSON line of the metrics.")] = False,
 ) -> None:
-    """Per-attribute accuracy, F1 (micro/macro/weighted) and R@P95, with a report and plots."""
+    """Per-attribute accuracy, F1 (micro/macro/weighted) and R@P95, with a report and plots. For an
+    extraction model: value precision/recall/F1 by the benchmarks' counting rule, span F1, R@P95."""
     from components.catalog import load_dataset
     from components.evaluation.evaluate import evaluate
 
+    if _is_extraction_model(model_dir):
+        from components.evaluation.extraction import evaluate_extraction
+
+        try:
+            report = evaluate_extraction(model_dir, load_dataset(dataset), split)
+        except (ValueError, FileNotFoundError) as e:
+            _fail(str(e))
+        m = report["micro"]
+        typer.echo(
+            f"values ({split}): P {m['precision']:.3f} R {m['recall']:.3f} F1 {m['f1']:.3f} "
+            f"(NN {m['NN']} NV {m['NV']} VN {m['VN']} VC {m['VC']} VW {m['VW']}), span F1 {report['span_f1']:.3f}, "
+            f"R@P95 {report['value_r_at_p95']:.3f}"
+        )
+        for a, v in report["per_attribute"].items():
+            typer.echo(f"{a:>14}: F1 {v['f1']:.3f} (n {v['n']})")
+        if as_json:
+            typer.echo(json.dumps(report))
+        return
     try:
         report, paths = evaluate(model_dir, load_dataset(dataset), split, out)
     except (ValueError, FileNotFoundError) as e:
@@ -175,6 +234,9 @@ def predict_cmd(
         return
     if model_dir is None:
         _fail("give a MODEL_DIR (or --id with a registry model)")
+    if _is_extraction_model(model_dir):
+        _extract_one(model_dir, title, image, as_json)
+        return
     try:
         product = Product(title=title, description=description)
         if image is not None:
@@ -188,6 +250,32 @@ def predict_cmd(
         typer.echo(json.dumps(result))
         return
     _print_attributes(result)
+
+
+def _extract_one(model_dir: Path, title: str, image: Path | None, as_json: bool) -> None:
+    """An extraction model's values for one title: offsets, score, published."""
+    from components.inference.extraction import extract_values
+    from components.inference.inputs import decode_image
+
+    try:
+        if not title.strip():
+            raise ValueError("--title: an extraction model needs the product's title")
+        picture = None
+        if image is not None:
+            if not image.is_file():
+                raise FileNotFoundError(f"image {image} does not exist")
+            picture = decode_image(image.read_bytes(), field=f"image {image}")
+        values = extract_values(model_dir, [title], [picture])[0]
+    except (ValueError, FileNotFoundError) as e:
+        _fail(str(e))
+    if as_json:
+        typer.echo(json.dumps({"title": title, "values": values}))
+        return
+    for v in values:
+        typer.echo(
+            f"{v['attribute']:>14}: {v['value']!r} [{v['start']}:{v['end']}] {v['score']:.2f}{' *' if v['published'] else ''}"
+        )
+    typer.echo("(* = confident enough to publish)" if values else "no value found")
 
 
 def _print_attributes(result: dict) -> None:

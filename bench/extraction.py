@@ -28,7 +28,7 @@ import torch  # noqa: E402
 from bench.common import log  # noqa: E402
 from components.catalog.spans import SpanRow, surface_forms, word_aligned_attributes  # noqa: E402
 from components.catalog.value_benchmarks import read_value_benchmark  # noqa: E402
-from components.evaluation.extraction_metrics import span_scores, value_r_at_p, value_scores  # noqa: E402
+from components.evaluation.extraction_metrics import extraction_report  # noqa: E402
 from components.inference.extraction import best_values, extract  # noqa: E402
 from components.models.dictionary import ValueDictionary  # noqa: E402
 from components.models.encoders import TextEncoder, TextEncoderConfig  # noqa: E402
@@ -58,20 +58,7 @@ ROWS = {
 
 
 def evaluate_rows(test: list[SpanRow], preds: list[dict], conf: list[dict], spans: list[list[tuple]]) -> dict:
-    expected = [r.values for r in test]
-    gold = [[(s.attribute, s.start, s.end) for s in r.spans] for r in test]
-    named = [[s for s in p if s[0] in r.values] for p, r in zip(spans, test, strict=True)]
-    v = value_scores(expected, preds)
-    # attribute sets: does the product have a value for each attribute it names (predicted: any value)
-    c = v["micro"]
-    tp, fp, fn = c["VC"] + c["VW"], c["NV"], c["VN"]
-    return {
-        "attribute_f1": 2 * tp / (2 * tp + fp + fn) if tp else 0.0,
-        "micro": v["micro"],
-        "per_attribute": v["per_attribute"],
-        "span_f1": span_scores(gold, named)["micro"]["f1"],
-        "value_r_at_p95": value_r_at_p(expected, preds, conf),
-    }
+    return extraction_report(test, preds, conf, spans)
 
 
 def dictionary_row(train: list[SpanRow], test: list[SpanRow], sets: dict) -> dict:

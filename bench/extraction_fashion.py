@@ -38,11 +38,11 @@ from safetensors.torch import load_file  # noqa: E402
 from bench.cache import encoders  # noqa: E402
 from bench.common import RESULTS, SPEC, log  # noqa: E402
 from bench.compare import run_record  # noqa: E402
-from bench.extraction import dictionary_row, evaluate_rows  # noqa: E402
+from bench.extraction import dictionary_row  # noqa: E402
 from components.catalog import ingest, load_dataset, load_spec  # noqa: E402
-from components.catalog.spans import SpanRow, spans_from_attributes  # noqa: E402
+from components.catalog.spans import SpanRow, distant_rows  # noqa: E402
+from components.evaluation.extraction import score_rows  # noqa: E402
 from components.features.cache import cache_path, cached_encodings  # noqa: E402
-from components.inference.extraction import best_values, extract  # noqa: E402
 from components.models.tagger import ExtractionConfig  # noqa: E402
 from components.training.extraction import ExtractionTrainConfig, ExtractionTrainingConfig, train_extractor  # noqa: E402
 
@@ -56,23 +56,8 @@ GATES = {
 }
 
 
-def span_rows(items) -> list[SpanRow]:
-    """Distant labels; each row's expected values are the title's text at its located spans."""
-    rows = []
-    for r in items.itertuples():
-        row, _ = spans_from_attributes(str(r.id), r.title, CATEGORY, {a: getattr(r, a) for a in ATTRIBUTES})
-        located = {a: sorted({s.text(row.text) for s in row.spans if s.attribute == a}) for a in ATTRIBUTES}
-        rows.append(SpanRow(row.id, row.text, CATEGORY, located, row.spans))
-    return rows
-
-
 def gated_row(model, test: list[SpanRow], feats: dict[str, torch.Tensor]) -> dict:
-    found = extract(model, [r.text for r in test], [r.category for r in test], features=feats)
-    best = [best_values(f) for f in found]
-    preds = [{a: s.value for a, s in b.items()} for b in best]
-    conf = [{a: s.score for a, s in b.items()} for b in best]
-    spans = [[(s.attribute, s.start, s.end) for s in f] for f in found]
-    return evaluate_rows(test, preds, conf, spans)
+    return score_rows(model, test, feats)["report"]
 
 
 def main() -> None:
@@ -98,7 +83,7 @@ def main() -> None:
     tr, te = np.flatnonzero(split == "train"), np.flatnonzero(split == "test")
     if args.train_products:
         tr = np.sort(np.random.default_rng(0).choice(tr, size=min(args.train_products, len(tr)), replace=False))
-    rows = span_rows(ds.items)
+    rows = distant_rows(ds.items, ATTRIBUTES, CATEGORY)
     train, test = [rows[i] for i in tr], [rows[i] for i in te]
     keys = ("text", "text_tokens", "image", "image_tokens", "has_image")
     feats_tr = {k: cache[k][torch.from_numpy(tr)] for k in keys}

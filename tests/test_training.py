@@ -122,8 +122,12 @@ def test_bad_training_config_gives_a_clear_error(tmp_path):
 def test_shipped_model_configs_are_valid():
     names = {p.stem for p in (REPO / "configs" / "models").glob("*.yaml")}
     assert {"text", "image", "concat", "modality_attention", "late", "cross_attention"} <= names
-    for name in names:
+    for name in names - {"extraction"}:
         load_train_config(REPO / "configs" / "models" / f"{name}.yaml")
+    from components.training.extraction import load_extraction_config
+
+    extraction = load_extraction_config(REPO / "configs" / "models" / "extraction.yaml")
+    assert extraction.model.frozen_text and extraction.model.global_visual_gate and extraction.model.regional_visual_gate
 
 
 @pytest.mark.slow

@@ -144,6 +144,18 @@ def spans_from_attributes(
     return SpanRow(row_id, title, category, values, spans), problems
 
 
+def distant_rows(items, attributes: list[str], category: str = "all") -> list[SpanRow]:
+    """A dataset's products (items: id, title, attribute columns) as span rows by distant labelling
+    (`spans_from_attributes`). Expected values are the title's own text at the located spans: an
+    attribute whose value is not written in the title expects none (there is nothing to extract)."""
+    rows = []
+    for r in items[["id", "title", *attributes]].itertuples(index=False):
+        row, _ = spans_from_attributes(str(r[0]), r[1] or "", category, dict(zip(attributes, r[2:], strict=True)))
+        located = {a: sorted({s.text(row.text) for s in row.spans if s.attribute == a}) for a in attributes}
+        rows.append(SpanRow(row.id, row.text, category, located, row.spans))
+    return rows
+
+
 _SEPARATORS = " \t,;"
 
 

@@ -120,3 +120,23 @@ def value_thresholds(expected, predicted, confidence, target: float = 0.95) -> d
         scores, correct, _ = value_ranking(*zip(*sub, strict=True)) if sub else (np.array([]), np.array([]), 0)
         out[attr] = score_threshold(scores, correct, target)
     return out
+
+
+def extraction_report(rows, predicted, confidence, spans) -> dict:
+    """Everything the benchmarks report for one model on `rows` (SpanRow: expected values and gold
+    spans): value micro P/R/F1 and outcomes by the counting rule, per attribute, attribute-set F1
+    (does the product have a value), exact span F1 and value R@P95. `predicted`/`confidence`: one
+    value and score per attribute and product; `spans`: every decoded (attribute, start, end)."""
+    expected = [r.values for r in rows]
+    gold = [[(s.attribute, s.start, s.end) for s in r.spans] for r in rows]
+    named = [[s for s in p if s[0] in r.values] for p, r in zip(spans, rows, strict=True)]
+    v = value_scores(expected, predicted)
+    c = v["micro"]
+    tp, fp, fn = c["VC"] + c["VW"], c["NV"], c["VN"]
+    return {
+        "attribute_f1": 2 * tp / (2 * tp + fp + fn) if tp else 0.0,
+        "micro": v["micro"],
+        "per_attribute": v["per_attribute"],
+        "span_f1": span_scores(gold, named)["micro"]["f1"],
+        "value_r_at_p95": value_r_at_p(expected, predicted, confidence),
+    }

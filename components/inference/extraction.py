@@ -6,15 +6,21 @@ values = best_values(spans)                               # attribute -> its mos
 
 from __future__ import annotations
 
+import json
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
 
+from components.catalog.dataset import Dataset
 from components.catalog.spans import snap_to_words, trim_separators
+from components.features.cache import cached_encodings
 from components.models.bio import decode_spans
-from components.models.tagger import ExtractionModel, cached_inputs
+from components.models.encoders import ImageEncoder, TextEncoder
+from components.models.tagger import ExtractionConfig, ExtractionModel, cached_inputs
 
 
 @dataclass(frozen=True)
@@ -35,11 +41,13 @@ def extract(
     allowed: Mapping[str, Sequence[str]] | None = None,
     batch_size: int = 64,
     features: Mapping[str, torch.Tensor] | None = None,
+    images: Sequence[Any] | None = None,
 ) -> list[list[ExtractedSpan]]:
     """Spans per product. `allowed`: per category, the attributes it defines (others are not decoded;
     None = all). With range minimisation, also only the attributes the attribute head accepts; with
     fill_accepted, each accepted attribute gets at least its best span. `features`: the frozen
-    encoders' outputs per product (the embedding cache), in the order of `texts`."""
+    encoders' outputs per product (the embedding cache), in the order of `texts`; or `images`
+    (PIL images or None) for a model with visual gates, encoded here."""
     model.eval()
     out: list[list[ExtractedSpan]] = []
     cfg = model.config
@@ -48,6 +56,8 @@ def extract(
         batch = model.tokenize(tx, cats)
         if features is not None:
             batch.update(cached_inputs(dict(features), torch.arange(lo, lo + len(tx)), batch["input_ids"].shape[1]))
+        elif images is not None and model.image_encoder is not None:
+            batch["pixels"], batch["has_image"] = model.image_encoder.preprocess(list(images[lo : lo + len(tx)]))
         res = model(batch)
         probs = res.tag_logits.softmax(-1).numpy()
         accept = None
@@ -81,3 +91,49 @@ def best_values(spans: Sequence[ExtractedSpan]) -> dict[str, ExtractedSpan]:
         if s.attribute not in best or s.score > best[s.attribute].score:
             best[s.attribute] = s
     return best
+
+
+def extract_values(
+    model_dir: str | Path, titles: Sequence[str], images: Sequence[Any] | None = None, category: str = "all"
+) -> list[list[dict[str, Any]]]:
+    """A saved extraction model's values for products: per product, one entry per attribute found
+    (attribute, value, start, end, text, score) with `published` where the score clears the
+    attribute's threshold (thresholds.json, fitted on validation at the target precision)."""
+    from components.models.io import THRESHOLDS, load_model
+
+    model = load_model(model_dir)
+    if not isinstance(model, ExtractionModel):
+        raise ValueError(f"{model_dir} is not an extraction model")
+    path = Path(model_dir) / THRESHOLDS
+    thresholds = json.loads(path.read_text()) if path.is_file() else {}
+    found = extract(model, list(titles), [category] * len(titles), images=images)
+    out = []
+    for spans in found:
+        best = best_values(spans)
+        out.append(
+            [
+                {
+                    **asdict(s),
+                    "published": thresholds.get(a) is not None and s.score >= thresholds[a],
+                }
+                for a, s in sorted(best.items())
+            ]
+        )
+    return out
+
+
+def dataset_features(config: ExtractionConfig, dataset: Dataset) -> dict[str, torch.Tensor] | None:
+    """The embedding cache (every product, in dataset order) when the model reads frozen encoders'
+    outputs: a frozen text encoder and an image encoder for the gates. None: computed per batch."""
+    if not (config.frozen_text and config.image is not None):
+        return None
+    enc = cached_encodings(dataset, TextEncoder(config.text), ImageEncoder(config.image), with_tokens=True)
+    keys = ("text", "text_tokens", "image", "image_tokens", "has_image")
+    return {k: getattr(enc, k) for k in keys}
+
+
+def split_features(features: dict[str, torch.Tensor] | None, dataset: Dataset, split: str):
+    if features is None:
+        return None
+    index = torch.from_numpy(np.flatnonzero(dataset.items["split"].to_numpy() == split))
+    return {k: v[index] for k, v in features.items()}

@@ -3,6 +3,13 @@
     model = train_extractor(ExtractionTrainConfig(), train_rows)
     save_model(model, out_dir)
 
+    result = train_extraction(load_extraction_config(path), dataset, out_dir)   # `attrflow train`
+
+`train_extraction` trains on a catalog dataset: its attribute columns' values located in the
+titles (distant labels), frozen encoders' outputs from the embedding cache where the config
+freezes them, per-attribute publishing thresholds fitted on validation (the lowest span score
+that keeps 95% of published values right), all saved in the model folder.
+
 Fine-tunes the text encoder with AdamW (one learning rate for the encoder, another for the
 heads), linear warmup then linear decay, gradient clipping. Batches group titles of similar
 length (less padding: most of a CPU step's cost), in a seeded random order.
@@ -10,17 +17,26 @@ length (less padding: most of a CPU step's cost), in a seeded random order.
 
 from __future__ import annotations
 
+import json
 import random
 import time
 from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
 
 import torch
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
-from components.catalog.spans import SpanRow, surface_forms, word_aligned_attributes
+from components.catalog.dataset import Dataset
+from components.catalog.spans import SpanRow, distant_rows, surface_forms, word_aligned_attributes
+from components.evaluation.extraction import score_rows
+from components.evaluation.extraction_metrics import value_thresholds
+from components.inference.extraction import dataset_features, split_features
 from components.models.heads import Vocab
 from components.models.model import create_model
 from components.models.tagger import ATTRIBUTES, ExtractionConfig, ExtractionModel, cached_inputs
+from components.yaml_files import describe_errors, read_yaml_mapping
 
 
 class ExtractionTrainingConfig(BaseModel):
@@ -45,6 +61,27 @@ class ExtractionTrainConfig(BaseModel):
 
     model: ExtractionConfig = ExtractionConfig()
     training: ExtractionTrainingConfig = ExtractionTrainingConfig()
+    # On a catalog dataset: the attribute columns whose values are extracted from the title
+    # (None: every multiclass attribute); the precision that publishing thresholds keep.
+    attributes: list[str] | None = None
+    target_precision: float = Field(0.95, gt=0, le=1)
+
+
+def load_extraction_config(path: str | Path) -> ExtractionTrainConfig:
+    path = Path(path)
+    raw = read_yaml_mapping(path, "extraction training config", empty_ok=True)
+    try:
+        return ExtractionTrainConfig.model_validate(raw)
+    except ValidationError as e:
+        raise ValueError(f"{path}: invalid extraction training config: {describe_errors(e)}") from None
+
+
+@dataclass
+class ExtractionResult:
+    model_dir: Path
+    validation: dict[str, Any]  # components.evaluation.extraction_metrics.extraction_report
+    thresholds: dict[str, float | None]  # attribute -> lowest span score to publish (None: never)
+    seconds: float
 
 
 def attribute_list(rows: list[SpanRow]) -> list[str]:
@@ -132,3 +169,38 @@ def train_extractor(
         if step >= total:
             break
     return model.eval()
+
+
+# --- on a catalog dataset (`attrflow train` with `model: {task: extraction}`) ---------------------
+
+
+def extraction_attributes(config: ExtractionTrainConfig, dataset: Dataset) -> list[str]:
+    attrs = config.attributes or [a for a, v in dataset.vocab.items() if v.kind == "multiclass"]
+    unknown = sorted(set(attrs) - set(dataset.vocab))
+    if unknown:
+        raise ValueError(f"attributes {unknown} are not in dataset {dataset.name} (it has {list(dataset.vocab)})")
+    return attrs
+
+
+def train_extraction(
+    config: ExtractionTrainConfig, dataset: Dataset, out_dir: str | Path, log: Callable[[str], None] | None = None
+) -> ExtractionResult:
+    from components.models.io import THRESHOLDS, save_model
+
+    t0 = time.perf_counter()
+    attrs = extraction_attributes(config, dataset)
+    features = dataset_features(config.model, dataset)
+    if features is not None and config.model.category_input:
+        raise ValueError("a model on the embedding cache reads the title alone: set model.category_input: false")
+    rows = {s: distant_rows(dataset.split(s), attrs) for s in ("train", "validation")}
+    if not any(r.spans for r in rows["train"]):
+        raise ValueError(f"no value of {attrs} is written in any train title of {dataset.name}: nothing to learn")
+    model = train_extractor(config, rows["train"], attrs, log, split_features(features, dataset, "train"))
+    val = score_rows(model, rows["validation"], split_features(features, dataset, "validation"))
+    expected = [r.values for r in rows["validation"]]
+    thresholds = value_thresholds(expected, val["predicted"], val["confidence"], config.target_precision)
+    seconds = time.perf_counter() - t0
+    out = save_model(model, Path(out_dir), extra={"train_seconds": seconds, "attributes": attrs})
+    (out / THRESHOLDS).write_text(json.dumps(thresholds, indent=1))
+    (out / "validation.json").write_text(json.dumps(val["report"], indent=1))
+    return ExtractionResult(out, val["report"], thresholds, seconds)
