@@ -102,7 +102,7 @@ bench-serving: setup  ## BentoML endpoint vs in-process ceiling: throughput, lat
 # the dictionary baseline and the tagger rows, each trained on train.jsonl and scored on test.jsonl
 # by the benchmarks' counting rule (fine-tunes the default text encoder on the CPU), then the
 # low-resource rows (train_0.2.jsonl, a fifth of the training products), then fashion with distant
-# labels, M-JAVE's visual gates and the image-swap test (bench/extraction_fashion.py, ~25 minutes).
+# labels, M-JAVE's visual gates and the image-swap test and a low-resource curve (bench/extraction_fashion.py, ~35 minutes).
 bench-extraction: setup  ## value extraction vs GPT-4 on AE-110k and OA-Mine (bench/extraction.py; docs/results.md)
 	$(BIN)/python bench/extraction.py
 	$(BIN)/python bench/extraction.py --train train_0.2 --epochs 10 --rows tagger,tagger+head+kl,tagger+head+kl+range,tagger+head+kl+range+fill --out extraction-low

@@ -1,7 +1,7 @@
 """Value extraction on the fashion catalog: distant labels, M-JAVE's visual gates, image awareness.
 
     make bench-extraction                             # runs this after the AE-110k / OA-Mine tables
-    .venv/bin/python bench/extraction_fashion.py      # ~25 minutes on 2 cores (8,000 train products; after make bench-quality)
+    .venv/bin/python bench/extraction_fashion.py      # ~35 minutes on 2 cores (8,000 train products; after make bench-quality)
 
 Distant labels (components.catalog.spans.spans_from_attributes): each product's labelled
 articleType, baseColour, gender and usage located in its title (case-insensitive, word
@@ -14,7 +14,8 @@ vectors, EfficientNet-Lite0 pooled vector and 12 regions per image): the diction
 the tagger (frozen text encoder + one trained transformer layer, text only); + the global visual
 gate; + the regional gate; + both (M-JAVE). Image awareness: each gated row evaluated again with
 every test product's image swapped for another product's (a fixed derangement); the drop in value
-F1 is how much the row uses the image. Writes bench/results/extraction_fashion.{json,md}.
+F1 is how much the row uses the image. Low-resource curve: the tagger and the gated row on 10% and
+50% of the train products. Writes bench/results/extraction_fashion.{json,md}.
 """
 
 from __future__ import annotations
@@ -25,6 +26,7 @@ import os
 import sys
 import time
 from pathlib import Path
+from typing import Any
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
@@ -70,6 +72,9 @@ def main() -> None:
         help="a seeded sample of the train split (0 = all 32k: ~2 h on 2 cores)",
     )
     ap.add_argument("--rows", default=",".join(GATES))
+    ap.add_argument(
+        "--fractions", default="0.1,0.2,0.5", help="shares of the train products for the low-resource curve"
+    )
     ap.add_argument("--out", type=Path, default=RESULTS)
     args = ap.parse_args()
     start = time.perf_counter()
@@ -103,7 +108,10 @@ def main() -> None:
         "rows": {"dictionary": dictionary_row(train, test, {CATEGORY: ATTRIBUTES})},
     }
     log(f"dictionary: F1 {results['rows']['dictionary']['micro']['f1']:.4f}")
-    for name in args.rows.split(","):
+    text_keys = ("text", "text_tokens")
+
+    def run(name: str, index: np.ndarray) -> tuple[Any, dict]:
+        """Train row `name` on the train products `index` (positions in `train`), score it on test."""
         gates = GATES[name]
         cfg = ExtractionTrainConfig(
             model=ExtractionConfig(
@@ -116,25 +124,42 @@ def main() -> None:
             ),
             training=ExtractionTrainingConfig(epochs=args.epochs, batch_size=64, lr_head=1e-3, warmup_share=0.05),
         )
+        keys = list(feats_tr) if gates else text_keys
         t0 = time.perf_counter()
         torch.manual_seed(0)
+        sub = torch.from_numpy(index)
         model = train_extractor(
             cfg,
-            train,
+            [train[i] for i in index],
             ATTRIBUTES,
-            log=lambda m, n=name: log(f"{n} {m}"),
-            features=feats_tr if gates else {k: feats_tr[k] for k in ("text", "text_tokens")},
+            log=lambda m: log(f"{name} ({len(index)}) {m}"),
+            features={k: feats_tr[k][sub] for k in keys},
         )
-        seconds = time.perf_counter() - t0
-        row = gated_row(model, test, feats_te if gates else {k: feats_te[k] for k in ("text", "text_tokens")})
-        row["train_seconds"] = seconds
-        if gates:
+        row = gated_row(model, test, {k: feats_te[k] for k in keys})
+        row["train_seconds"] = time.perf_counter() - t0
+        return model, row
+
+    everything = np.arange(len(train))
+    for name in args.rows.split(","):
+        model, row = run(name, everything)
+        if GATES[name]:
             row["images_swapped"] = gated_row(model, test, feats_swapped)
         results["rows"][name] = row
         log(
             f"{name}: F1 {row['micro']['f1']:.4f}"
-            + (f", images swapped {row['images_swapped']['micro']['f1']:.4f}" if gates else "")
+            + (f", images swapped {row['images_swapped']['micro']['f1']:.4f}" if GATES[name] else "")
         )
+    # Low-resource curve (M-JAVE): the text-only tagger and the gated one on seeded shares of train.
+    results["low_resource"] = {}
+    for share in [float(x) for x in args.fractions.split(",") if x]:
+        index = np.sort(np.random.default_rng(1).choice(everything, size=int(share * len(train)), replace=False))
+        for name in ("tagger", "tagger+both gates (M-JAVE)"):
+            _, row = run(name, index)
+            results["low_resource"].setdefault(name, {})[str(share)] = row["micro"]["f1"]
+            log(f"low-resource {share:.0%} {name}: F1 {row['micro']['f1']:.4f}")
+    for name in ("tagger", "tagger+both gates (M-JAVE)"):
+        if name in results["rows"] and name in results["low_resource"]:
+            results["low_resource"][name]["1.0"] = results["rows"][name]["micro"]["f1"]
     results["seconds"] = time.perf_counter() - start
     args.out.mkdir(parents=True, exist_ok=True)
     (args.out / "extraction_fashion.json").write_text(json.dumps(results, indent=1))
@@ -165,6 +190,21 @@ def markdown(r: dict) -> str:
             + (f"{100 * sw['micro']['f1']:.2f} | {100 * (m['f1'] - sw['micro']['f1']):+.2f}" if sw else "- | -")
             + f" | {row.get('train_seconds', 0):.0f} |"
         )
+    if r.get("low_resource"):
+        shares = sorted({float(k) for v in r["low_resource"].values() for k in v})
+        lines += [
+            "",
+            f"Low-resource curve: value F1 with a share of the {r['train_products']} train products (seeded samples):",
+            "",
+            "| row | " + " | ".join(f"{s:.0%}" for s in shares) + " |",
+            "|---" * (len(shares) + 1) + "|",
+        ]
+        for name, curve in r["low_resource"].items():
+            lines.append(
+                f"| {name} | "
+                + " | ".join(f"{100 * curve[str(s)]:.2f}" if str(s) in curve else "-" for s in shares)
+                + " |"
+            )
     per = [n for n in r["rows"] if n != "dictionary"]
     lines += [
         "",
