@@ -129,13 +129,12 @@ def train_cmd(
 
 
 def _is_extraction_config(path: Path) -> bool:
-    from components.yaml_files import read_yaml_mapping
+    from components.training.extraction import is_extraction_config
 
     try:
-        model = read_yaml_mapping(path, "training config", empty_ok=True).get("model") or {}
+        return is_extraction_config(path)
     except ValueError as e:
         _fail(str(e))
-    return isinstance(model, dict) and model.get("task") == "extraction"
 
 
 def _train_extraction(config: Path, dataset: Path, out: Path | None, as_json: bool) -> None:
@@ -156,11 +155,11 @@ def _train_extraction(config: Path, dataset: Path, out: Path | None, as_json: bo
 
 
 def _is_extraction_model(model_dir: Path) -> bool:
-    from components.models.io import load_meta
+    from components.models.io import model_task
 
     try:
-        return load_meta(model_dir)["model"].get("task") == "extraction"
-    except (FileNotFoundError, KeyError):
+        return model_task(model_dir) == "extraction"
+    except FileNotFoundError:
         return False
 
 

@@ -17,6 +17,7 @@ import yaml
 from prefect import flow, task
 from prefect.artifacts import create_markdown_artifact
 
+from components.models.io import model_task
 from components.registry import Registry, RegistryError
 from flows.common import artifact_key
 
@@ -74,6 +75,8 @@ def package_flow(model_name: str) -> dict:
         production = registry.get_production(model_name)
     if production is None:
         raise RegistryError(f"model {model_name!r} has no production version to package")
+    if model_task(production.artifact_dir) == "extraction":  # the endpoint serves classifiers only (so far)
+        raise RegistryError(f"model {model_name!r} v{production.version} is an extraction model: not served yet")
     model_tag = store_model(model_name, production.version, production.artifact_dir)
     bento_tag = _existing_bento(model_name, production.version) or build_bento(
         model_name, production.version, model_tag

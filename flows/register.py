@@ -5,6 +5,7 @@ lower bound must lie above -margin). Every promotion path (pipeline, tune, retra
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 from prefect import flow, task
@@ -13,8 +14,9 @@ from prefect.artifacts import create_markdown_artifact
 from components.catalog import load_dataset
 from components.evaluation.comparison import Comparison, compare_models
 from components.evaluation.evaluate import evaluate
+from components.evaluation.extraction import evaluate_extraction
 from components.evaluation.report import EvaluationReport
-from components.models.io import load_thresholds
+from components.models.io import load_thresholds, model_task
 from components.registry import Registry
 from components.settings import get_settings
 from flows.common import artifact_key, retry_on_io_error
@@ -33,7 +35,13 @@ def summarize(report: EvaluationReport) -> dict:
 
 @task
 def evaluate_on(model_dir: str, dataset_dir: str, split: str, out_dir: str) -> dict:
-    """Score `model_dir` on a split; the report goes to `out_dir`, never into a registered version's folder."""
+    """Score `model_dir` on a split; the report goes to `out_dir`, never into a registered version's folder.
+    An extraction model: its values by the counting rule, with the same mean metrics."""
+    if model_task(model_dir) == "extraction":
+        report = evaluate_extraction(model_dir, load_dataset(dataset_dir), split)
+        Path(out_dir).mkdir(parents=True, exist_ok=True)
+        (Path(out_dir) / "metrics.json").write_text(json.dumps(report, indent=1))
+        return {"dataset": dataset_dir, "split": split, "task": "extraction", **report}
     report, _ = evaluate(model_dir, load_dataset(dataset_dir), split, out_dir=Path(out_dir))
     return summarize(report)
 
@@ -81,6 +89,11 @@ def register_flow(
     candidate = evaluate_on(model_dir, dataset_dir, split, str(Path(model_dir) / f"eval-{dataset_version}-{split}"))
     with Registry() as registry:
         production = registry.get_production(model_name)
+        if production and model_task(production.artifact_dir) != model_task(model_dir):
+            raise ValueError(
+                f"{model_name!r}'s production v{production.version} is a {model_task(production.artifact_dir)} model "
+                f"and {model_dir} a {model_task(model_dir)} one: register it under another name"
+            )
         # Same evaluation data for both: the production model is scored again on this dataset's split.
         # A registered version never changes: its report goes under ATTRFLOW_HOME/evaluations/.
         prod_metrics = None

@@ -8,16 +8,20 @@ from prefect.artifacts import create_markdown_artifact
 from components.catalog import load_dataset
 from components.registry import Registry
 from components.settings import get_settings
+from components.training.extraction import is_extraction_config, load_extraction_config, train_extraction
 from components.training.trainer import load_train_config, train
 from flows.common import artifact_key, current_flow_run_id, metrics_table
 
 
 @flow(name="train", log_prints=True)
 def train_flow(config: str, dataset_dir: str, epochs: int | None = None) -> dict:
-    """Train one model; its run (config, per-epoch metrics, status) is in the registry.
+    """Train one model; its run (config, per-epoch metrics, status) is in the registry. A config
+    with `model: {task: extraction}` trains a value-extraction tagger.
 
     No retries: training is deterministic, a failure would fail again.
     """
+    if is_extraction_config(config):
+        return _train_extraction(config, dataset_dir, epochs)
     cfg = load_train_config(config, **({"training": {"epochs": epochs}} if epochs else {}))
     dataset = load_dataset(dataset_dir)
     with (
@@ -48,3 +52,35 @@ def train_flow(config: str, dataset_dir: str, epochs: int | None = None) -> dict
         description="Validation metrics of the trained model",
     )
     return {"run_id": run_id, "model_dir": str(result.model_dir), "fusion": fusion, "validation": result.validation}
+
+
+def _train_extraction(config: str, dataset_dir: str, epochs: int | None) -> dict:
+    cfg = load_extraction_config(config)
+    if epochs:
+        cfg.training.epochs = epochs
+    dataset = load_dataset(dataset_dir)
+    with (
+        Registry() as registry,
+        registry.run(
+            "train",
+            {"config_file": str(config), **cfg.model_dump(mode="json")},
+            dataset=(dataset.name, dataset.version),
+            flow_run_id=current_flow_run_id(),
+        ) as run_id,
+    ):
+        result = train_extraction(cfg, dataset, get_settings().home / "runs" / str(run_id), log=print)
+        registry.finish_run(run_id, {"validation": result.validation, "thresholds": result.thresholds})
+    m = result.validation["micro"]
+    create_markdown_artifact(
+        f"# Trained a value-extraction tagger (run {run_id})\n\nValidation, by the counting rule: value "
+        f"precision {m['precision']:.3f}, recall {m['recall']:.3f}, F1 {m['f1']:.3f}; span F1 "
+        f"{result.validation['span_f1']:.3f}.\n\nModel folder: `{result.model_dir}`\n",
+        key=artifact_key("train", dataset.name, "extraction"),
+        description="Validation metrics of the trained extraction model",
+    )
+    return {
+        "run_id": run_id,
+        "model_dir": str(result.model_dir),
+        "fusion": "extraction",
+        "validation": result.validation,
+    }

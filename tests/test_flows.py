@@ -194,3 +194,45 @@ def test_default_schedule_is_weekly(monkeypatch):
     assert [s.schedule.cron for s in pipeline.schedules] == [DEFAULT_CRON]
     assert DEFAULT_CRON.split()[2:] == ["*", "*", "1"]  # once a week
     assert json.dumps(pipeline.parameters)  # parameters are plain JSON
+
+
+def test_pipeline_registers_extraction_models_with_the_promotion_rule(prefect_server, tmp_path):
+    """An extraction config through the pipeline: a `train` run, versions in the registry with their
+    value metrics and per-attribute thresholds, v2 compared with v1 on the same test values."""
+    from flows.pipeline import pipeline_flow
+
+    spec = write_demo_catalog(tmp_path / "catalog", n=150, seed=5)
+    configs = []
+    for i, lr in enumerate((1e-2, 5e-3)):
+        path = tmp_path / f"extract{i}.yaml"
+        path.write_text(
+            yaml.safe_dump(
+                {
+                    "attributes": ["category", "pattern"],
+                    "model": {
+                        "task": "extraction",
+                        "text": {"name": "tiny-random", "max_length": 32},
+                        "image": {"name": "tiny-random", "image_size": [32, 32]},
+                        "category_input": False,
+                        "frozen_text": True,
+                        "context_layers": 1,
+                        "global_visual_gate": True,
+                    },
+                    "training": {"epochs": 15, "batch_size": 16, "lr_head": lr},
+                }
+            )
+        )
+        configs.append(str(path))
+    state = pipeline_flow(str(spec), configs, model_name="extract", return_state=True)
+    assert state.is_completed(), state
+    result = state.result()
+    assert result["bento"] is None  # the endpoint serves classifiers only
+    registry = Registry()
+    v1, v2 = (registry.get_model_version("extract", v) for v in (1, 2))
+    assert v1.metrics["task"] == "extraction" and set(v1.metrics["per_attribute"]) == {"category", "pattern"}
+    assert set(v1.thresholds) == {"category", "pattern"}
+    assert 0 <= v1.metrics["r_at_p95_mean"] <= 1 and v1.metrics["micro"]["f1"] > 0.3
+    cmp = next(c for c in result["candidates"] if c["version"] == 2)["comparison"]
+    assert cmp["candidate"] == pytest.approx(v2.metrics["r_at_p95_mean"])
+    assert cmp["production"] == pytest.approx(v1.metrics["r_at_p95_mean"])
+    assert registry.get_production("extract").version == (2 if cmp["interval"][0] > -cmp["margin"] else 1)

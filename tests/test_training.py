@@ -127,7 +127,9 @@ def test_shipped_model_configs_are_valid():
     from components.training.extraction import load_extraction_config
 
     extraction = load_extraction_config(REPO / "configs" / "models" / "extraction.yaml")
-    assert extraction.model.frozen_text and extraction.model.global_visual_gate and extraction.model.regional_visual_gate
+    assert (
+        extraction.model.frozen_text and extraction.model.global_visual_gate and extraction.model.regional_visual_gate
+    )
 
 
 @pytest.mark.slow

@@ -11,12 +11,14 @@ set cannot tell from noise does not block it, a real loss does.
 
 Ingestion keeps a product's split across dataset versions (components/catalog/ingest.py), so the
 newest test split holds no product the champion trained on; `exclude` makes sure of it when the
-champion came from another dataset.
+champion came from another dataset. Extraction models are compared the same way, on their values
+(components/evaluation/extraction.py: value R@P95 or value F1 per attribute, then the mean).
     cmp.promote, cmp.interval, cmp.describe()
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -24,9 +26,10 @@ from pydantic import BaseModel, ConfigDict
 
 from components.catalog.dataset import Dataset
 from components.evaluation.evaluate import predict_split
+from components.evaluation.extraction import ValueOutcomes
 from components.evaluation.metrics import r_at_p, ranking
 from components.features.preprocess import encode_labels
-from components.models.io import load_model
+from components.models.io import load_model, model_task
 
 METRICS = ("r_at_p95_mean", "f1_macro_mean")  # means over attributes, as the registry stores them
 
@@ -100,11 +103,17 @@ def _mean_metric(
     return float(np.mean(values)) if values else float("nan")
 
 
-def _scores(model_dir: Path | str, dataset: Dataset, split: str):
+def _scorer(model_dir: Path | str, dataset: Dataset, split: str, metric: str) -> Callable[[np.ndarray], float]:
+    """`metric` (per attribute, then the mean) of the model on given positions of the split's rows:
+    a classifier's probabilities, or an extraction model's values by the counting rule."""
+    if model_task(model_dir) == "extraction":
+        outcomes = ValueOutcomes.of_model(model_dir, dataset, split)
+        return lambda rows: outcomes.mean_metric(metric, rows)
     model = load_model(model_dir)
     pred = predict_split(model, model_dir, dataset, split)
     labels = {k: v.numpy() for k, v in encode_labels(dataset.split(split), model.vocab).items()}
-    return pred.probs, labels, {s.name: s.kind for s in model.specs}
+    kinds = {s.name: s.kind for s in model.specs}
+    return lambda rows: _mean_metric(pred.probs, labels, kinds, metric, rows)
 
 
 def compare_models(
@@ -126,7 +135,7 @@ def compare_models(
     if margin < 0:
         raise ValueError(f"margin must be >= 0 (a tolerated loss), got {margin}")
     per_attribute = metric.removesuffix("_mean")
-    cand, prod = _scores(candidate_dir, dataset, split), _scores(production_dir, dataset, split)
+    cand, prod = (_scorer(d, dataset, split, per_attribute) for d in (candidate_dir, production_dir))
     ids = dataset.split(split)["id"].astype(str)
     kept = np.flatnonzero(~ids.isin(exclude or set()).to_numpy())
     n = len(kept)
@@ -135,12 +144,12 @@ def compare_models(
             f"{dataset.name} {dataset.version} {split}: every product is one the production model trained on; "
             "nothing to compare on"
         )
-    cand_score, prod_score = (_mean_metric(*s, per_attribute, kept) for s in (cand, prod))
+    cand_score, prod_score = cand(kept), prod(kept)
     rng = np.random.default_rng(seed)
     diffs = np.empty(resamples)
     for r in range(resamples):
         rows = kept[rng.integers(0, n, n)]  # one resample of the products for both models: a paired difference
-        diffs[r] = _mean_metric(*cand, per_attribute, rows) - _mean_metric(*prod, per_attribute, rows)
+        diffs[r] = cand(rows) - prod(rows)
     tail = 100 * (1 - confidence) / 2
     low, high = (float(x) for x in np.nanpercentile(diffs, [tail, 100 - tail]))
     return Comparison(

@@ -119,3 +119,9 @@ def load_thresholds(model_dir: str | Path) -> dict[str, list[float | None]]:
 
 def load_meta(model_dir: str | Path) -> dict:
     return json.loads((Path(model_dir) / CONFIG).read_text())
+
+
+def model_task(model_dir: str | Path) -> str:
+    """ "classification" (attribute classifiers, ensembles, stacked models) or "extraction"."""
+    meta = load_meta(model_dir)
+    return (meta.get("model") or {}).get("task", "classification")

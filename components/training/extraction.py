@@ -76,6 +76,12 @@ def load_extraction_config(path: str | Path) -> ExtractionTrainConfig:
         raise ValueError(f"{path}: invalid extraction training config: {describe_errors(e)}") from None
 
 
+def is_extraction_config(path: str | Path) -> bool:
+    """Whether a training config file describes an extraction model (`model: {task: extraction}`)."""
+    model = read_yaml_mapping(Path(path), "training config", empty_ok=True).get("model") or {}
+    return isinstance(model, dict) and model.get("task") == "extraction"
+
+
 @dataclass
 class ExtractionResult:
     model_dir: Path
