@@ -698,6 +698,10 @@ def _print_candidates(result: dict) -> None:
     rows = ["| version | fusion | attribute | macro-F1 | R@P95 | decision |", "|---|---|---|---|---|---|"]
     for c in result["candidates"]:
         decision = "promoted" if c["promoted"] else "candidate"
+        if c["metrics"].get("task") == "extraction":  # values by the counting rule, per attribute
+            for attr, m in c["metrics"]["per_attribute"].items():
+                rows.append(f"| v{c['version']} | extraction | {attr} | value F1 {m['f1']:.3f} | - | {decision} |")
+            continue
         for attr, m in c["metrics"]["attributes"].items():
             rows.append(
                 f"| v{c['version']} | {c['fusion']} | {attr} | {m['f1_macro']:.3f} | {m['r_at_p95']:.3f} | {decision} |"
