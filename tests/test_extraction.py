@@ -469,5 +469,9 @@ def test_cli_trains_evaluates_and_predicts_an_extraction_model(tmp_path):
         and title[values["category"]["start"] : values["category"]["end"]] == "skirt"
     )
     assert isinstance(values["category"]["published"], bool)
+    image = next((tmp_path / "catalog" / "images").iterdir())  # through the visual gates
+    with_image = runner.invoke(app, ["predict", str(out), "--title", title, "--image", str(image), "--json"])
+    assert with_image.exit_code == 0, with_image.output
+    assert {v["attribute"] for v in json.loads(with_image.output)["values"]} <= {"category", "pattern"}
     bad = runner.invoke(app, ["predict", str(out), "--title", " "])
     assert bad.exit_code != 0 and "title" in bad.output
