@@ -329,6 +329,9 @@ def test_visual_gates_shapes_and_products_without_an_image():
     assert torch.allclose(withimg[1], without[1]) and not torch.allclose(withimg[0], without[0])
     with pytest.raises(ValueError, match="image encoder"):
         ExtractionConfig(global_visual_gate=True)
+    frozen = _gated(frozen_text=True).train()  # training never touches the frozen encoders' dropout or norms
+    assert frozen.training and frozen.gates.training
+    assert not frozen.image_encoder.training and not frozen.text_encoder.training
 
 
 def test_cached_encoder_outputs_give_the_same_tags_and_frozen_weights_are_not_saved(tmp_path):

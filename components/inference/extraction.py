@@ -123,12 +123,13 @@ def extract_values(
 
 
 def dataset_features(config: ExtractionConfig, dataset: Dataset) -> dict[str, torch.Tensor] | None:
-    """The embedding cache (every product, in dataset order) when the model reads frozen encoders'
-    outputs: a frozen text encoder and an image encoder for the gates. None: computed per batch."""
-    if not (config.frozen_text and config.image is not None):
+    """The embedding cache (every product, in dataset order) for a model with visual gates: the
+    frozen image encoder's pooled vectors and regions, and with `frozen_text` the text encoder's
+    token vectors too. None (no image encoder): the text encoder runs on each batch."""
+    if config.image is None:
         return None
     enc = cached_encodings(dataset, TextEncoder(config.text), ImageEncoder(config.image), with_tokens=True)
-    keys = ("text", "text_tokens", "image", "image_tokens", "has_image")
+    keys = ("image", "image_tokens", "has_image") + (("text", "text_tokens") if config.frozen_text else ())
     return {k: getattr(enc, k) for k in keys}
 
 

@@ -166,6 +166,15 @@ class ExtractionModel(nn.Module):
         return {"tags": tags, "present": present}
 
     # -- model ----------------------------------------------------------------------------------
+    def train(self, mode: bool = True) -> ExtractionModel:
+        """Frozen encoders stay in eval mode (no dropout, batch-norm statistics left alone)."""
+        super().train(mode)
+        if self.image_encoder is not None:
+            self.image_encoder.eval()
+        if self.config.frozen_text:
+            self.text_encoder.eval()
+        return self
+
     def frozen_prefixes(self) -> tuple[str, ...]:
         """State-dict prefixes of frozen pretrained encoders: not saved, rebuilt from the config."""
         return ("image_encoder.",) + (("text_encoder.",) if self.config.frozen_text else ())

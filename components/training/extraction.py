@@ -196,7 +196,7 @@ def train_extraction(
     t0 = time.perf_counter()
     attrs = extraction_attributes(config, dataset)
     features = dataset_features(config.model, dataset)
-    if features is not None and config.model.category_input:
+    if features is not None and "text_tokens" in features and config.model.category_input:
         raise ValueError("a model on the embedding cache reads the title alone: set model.category_input: false")
     rows = {s: distant_rows(dataset.split(s), attrs) for s in ("train", "validation")}
     if not any(r.spans for r in rows["train"]):
