@@ -659,9 +659,12 @@ def serve_cmd(
     host: Annotated[str, typer.Option(help="Address to bind; 0.0.0.0 exposes it beyond this machine.")] = "127.0.0.1",
     port: Annotated[int, typer.Option(help="HTTP port.")] = 3000,
 ) -> None:
-    """Start the BentoML endpoint (serving/service.py) in this terminal: POST /predict, /predict_batch, GET /model."""
+    """Start the BentoML endpoint (serving/service.py) in this terminal: POST /predict, /predict_batch, GET /model.
+    An extraction model gets serving/extraction.py's endpoint: POST /extract."""
     import os
     import sys
+
+    from components.models.io import model_task
 
     if (model_name is None) == (model_dir is None):
         _fail("give a MODEL_NAME (the registry's production version) or --model-dir, not both")
@@ -671,8 +674,17 @@ def serve_cmd(
         from components.registry import Registry
 
         with Registry() as registry:
-            if registry.get_production(model_name) is None:
-                _fail(f"model {model_name!r} has no production version (see `attrflow models list`)")
+            production = registry.get_production(model_name)
+        if production is None:
+            _fail(f"model {model_name!r} has no production version (see `attrflow models list`)")
+        model_folder = Path(production.artifact_dir)
+    else:
+        model_folder = model_dir
+    service = (
+        "serving.extraction:ExtractionService"
+        if model_task(model_folder) == "extraction"
+        else "serving.service:AttributeService"
+    )
     env = {**os.environ, "BENTOML_DO_NOT_TRACK": os.environ.get("BENTOML_DO_NOT_TRACK", "True")}
     env["ATTRFLOW_HOME"] = str(get_settings().home.resolve())  # the server may run from another folder
     if model_dir is not None:
@@ -684,7 +696,7 @@ def serve_cmd(
         "-m",
         "bentoml",
         "serve",
-        "serving.service:AttributeService",
+        service,
         "--host",
         host,
         "--port",

@@ -478,3 +478,88 @@ def test_cli_trains_evaluates_and_predicts_an_extraction_model(tmp_path):
     assert {v["attribute"] for v in json.loads(with_image.output)["values"]} <= {"category", "pattern"}
     bad = runner.invoke(app, ["predict", str(out), "--title", " "])
     assert bad.exit_code != 0 and "title" in bad.output
+
+
+def test_extraction_endpoint_answers_over_http(tmp_path):
+    """A real `bentoml serve serving.extraction:ExtractionService` on a trained tiny model: values with
+    offsets, score and published over HTTP; a request without a title or with a broken image gets a 4xx."""
+    import base64
+    import io
+    import os
+    import signal
+    import socket
+    import subprocess
+    import sys
+    import time
+
+    import httpx
+    from PIL import Image
+
+    rows = [
+        SpanRow(str(i), f"{b} cotton shirt", "all", {"brand": [b]}, [Span(0, len(b), "brand")])
+        for i, b in enumerate(["Acme", "Zorbo", "Kelvix", "Truvo"] * 8)
+    ]
+    cfg = ExtractionTrainConfig(
+        model=ExtractionConfig(text=TINY_TEXT, category_input=False, image=TINY_IMAGE, global_visual_gate=True),
+        training=ExtractionTrainingConfig(epochs=10, batch_size=8, lr_text=1e-3, lr_head=1e-2, warmup_share=0.0),
+    )
+    model_dir = save_model(train_extractor(cfg, rows), tmp_path / "model")
+    (model_dir / "thresholds.json").write_text(json.dumps({"brand": 0.0}))
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    env = {
+        **os.environ,
+        "ATTRFLOW_MODEL_DIR": str(model_dir),
+        "ATTRFLOW_MODEL_NAME": "values",
+        "HF_HUB_OFFLINE": "1",
+        "BENTOML_DO_NOT_TRACK": "True",
+        "BENTOML_HOME": str(tmp_path / "bentoml"),
+    }
+    log = (tmp_path / "server.log").open("wb")
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "bentoml", "serve", "serving.extraction:ExtractionService", "--port", str(port)],
+        cwd=Path(__file__).resolve().parents[1],
+        env=env,
+        stdout=log,
+        stderr=subprocess.STDOUT,
+        start_new_session=True,
+    )
+    url = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + 180
+        while True:
+            assert proc.poll() is None, (tmp_path / "server.log").read_text()[-3000:]
+            try:
+                if httpx.get(f"{url}/readyz", timeout=5).status_code == 200:
+                    break
+            except httpx.HTTPError:
+                pass
+            assert time.monotonic() < deadline, (tmp_path / "server.log").read_text()[-3000:]
+            time.sleep(0.5)
+        picture = io.BytesIO()
+        Image.new("RGB", (40, 40), (200, 30, 30)).save(picture, format="PNG")
+        title = "Truvo cotton shirt"
+        ok = httpx.post(
+            f"{url}/extract",
+            json={"id": "p1", "title": title, "image": base64.b64encode(picture.getvalue()).decode()},
+            timeout=60,
+        )
+        assert ok.status_code == 200, ok.text
+        body = ok.json()
+        assert body["id"] == "p1" and body["model"]["name"] == "values"
+        [brand] = [v for v in body["values"] if v["attribute"] == "brand"]
+        assert title[brand["start"] : brand["end"]] == brand["text"] == "Truvo" and brand["published"] is True
+        empty = httpx.post(f"{url}/extract", json={"title": " "}, timeout=60)
+        assert empty.status_code == 422 and "title" in empty.json()["error"]
+        broken = httpx.post(f"{url}/extract", json={"title": title, "image": "bm90IGFuIGltYWdl"}, timeout=60)
+        assert 400 <= broken.status_code < 500 and "image" in broken.json()["error"]
+        unknown = httpx.post(f"{url}/extract", json={"title": title, "colour": "red"}, timeout=60)
+        assert 400 <= unknown.status_code < 500
+    finally:
+        os.killpg(proc.pid, signal.SIGTERM)
+        try:
+            proc.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            os.killpg(proc.pid, signal.SIGKILL)
+        log.close()

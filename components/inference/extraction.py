@@ -93,33 +93,39 @@ def best_values(spans: Sequence[ExtractedSpan]) -> dict[str, ExtractedSpan]:
     return best
 
 
+class ValueExtractor:
+    """A saved extraction model, loaded once: titles (and images) -> per product, one entry per
+    attribute found (attribute, value, start, end, text, score) with `published` where the score
+    clears the attribute's threshold (thresholds.json, fitted on validation at the target precision)."""
+
+    def __init__(self, model_dir: str | Path):
+        from components.models.io import THRESHOLDS, load_model
+
+        model = load_model(model_dir)
+        if not isinstance(model, ExtractionModel):
+            raise ValueError(f"{model_dir} is not an extraction model")
+        self.model = model
+        path = Path(model_dir) / THRESHOLDS
+        self.thresholds: dict[str, float | None] = json.loads(path.read_text()) if path.is_file() else {}
+
+    def __call__(
+        self, titles: Sequence[str], images: Sequence[Any] | None = None, category: str = "all"
+    ) -> list[list[dict[str, Any]]]:
+        found = extract(self.model, list(titles), [category] * len(titles), images=images)
+        return [
+            [
+                {**asdict(s), "published": self.thresholds.get(a) is not None and s.score >= self.thresholds[a]}
+                for a, s in sorted(best_values(spans).items())
+            ]
+            for spans in found
+        ]
+
+
 def extract_values(
     model_dir: str | Path, titles: Sequence[str], images: Sequence[Any] | None = None, category: str = "all"
 ) -> list[list[dict[str, Any]]]:
-    """A saved extraction model's values for products: per product, one entry per attribute found
-    (attribute, value, start, end, text, score) with `published` where the score clears the
-    attribute's threshold (thresholds.json, fitted on validation at the target precision)."""
-    from components.models.io import THRESHOLDS, load_model
-
-    model = load_model(model_dir)
-    if not isinstance(model, ExtractionModel):
-        raise ValueError(f"{model_dir} is not an extraction model")
-    path = Path(model_dir) / THRESHOLDS
-    thresholds = json.loads(path.read_text()) if path.is_file() else {}
-    found = extract(model, list(titles), [category] * len(titles), images=images)
-    out = []
-    for spans in found:
-        best = best_values(spans)
-        out.append(
-            [
-                {
-                    **asdict(s),
-                    "published": thresholds.get(a) is not None and s.score >= thresholds[a],
-                }
-                for a, s in sorted(best.items())
-            ]
-        )
-    return out
+    """`ValueExtractor(model_dir)(titles, images)`: for one call (the CLI)."""
+    return ValueExtractor(model_dir)(titles, images, category)
 
 
 def dataset_features(config: ExtractionConfig, dataset: Dataset) -> dict[str, torch.Tensor] | None:
