@@ -14,7 +14,7 @@ vectors, EfficientNet-Lite0 pooled vector and 12 regions per image): the diction
 the tagger (frozen text encoder + one trained transformer layer, text only); + the global visual
 gate; + both gates (M-JAVE); + the regional gate alone with --rows. Image awareness: each gated row evaluated again with
 every test product's image swapped for another product's (a fixed derangement); the drop in value
-F1 is how much the row uses the image. Low-resource curve: the tagger and the gated row on 10% and
+F1 is how much the row uses the image. Low-resource curve: the tagger and the gated row on 10%, 20% and
 50% of the train products. Writes bench/results/extraction_fashion.{json,md}.
 """
 
