@@ -25,6 +25,8 @@ sys.path.insert(0, str(ROOT))
 
 import numpy as np  # noqa: E402
 
+from bench.report import seed_means  # noqa: E402
+
 ATTRIBUTES = ["articleType", "baseColour", "gender", "season", "usage"]
 RESULTS = ROOT / "bench" / "results"
 
@@ -59,12 +61,8 @@ def hand_picked_comparison(results: Path, tuned: dict[str, float]) -> dict | Non
     hand = means(rows[row]["attributes"])
     seeds_path = results / "seeds.json"
     seeds = json.loads(seeds_path.read_text())["rows"].get(row) if seeds_path.is_file() else None
-    spread = None
-    if seeds:  # the mean over attributes of each seed's test metrics
-        spread = {
-            m: [float(np.mean([seeds[m][a]["values"][i] for a in ATTRIBUTES])) for i in range(len(seeds["seeds"]))]
-            for m in ("r_at_p95", "f1_macro")
-        }
+    # the mean over attributes of each seed's test metrics
+    spread = {m: seed_means(seeds, m) for m in ("r_at_p95", "f1_macro")} if seeds else None
     verdict = {
         m: None
         if spread is None
