@@ -28,8 +28,8 @@ import torch  # noqa: E402
 from bench.common import log  # noqa: E402
 from components.catalog.spans import SpanRow, surface_forms, word_aligned_attributes  # noqa: E402
 from components.catalog.value_benchmarks import read_value_benchmark  # noqa: E402
+from components.evaluation.extraction import score_rows  # noqa: E402
 from components.evaluation.extraction_metrics import extraction_report  # noqa: E402
-from components.inference.extraction import best_values, extract  # noqa: E402
 from components.models.dictionary import ValueDictionary  # noqa: E402
 from components.models.encoders import TextEncoder, TextEncoderConfig  # noqa: E402
 from components.models.io import load_meta, load_model, save_model  # noqa: E402
@@ -57,10 +57,6 @@ ROWS = {
 }
 
 
-def evaluate_rows(test: list[SpanRow], preds: list[dict], conf: list[dict], spans: list[list[tuple]]) -> dict:
-    return extraction_report(test, preds, conf, spans)
-
-
 def dictionary_row(train: list[SpanRow], test: list[SpanRow], sets: dict) -> dict:
     t0 = time.time()
     d = ValueDictionary.fit(train)
@@ -70,17 +66,12 @@ def dictionary_row(train: list[SpanRow], test: list[SpanRow], sets: dict) -> dic
         preds.append({a: r.text[s:e] for a, (s, e) in found.items()})
         conf.append({a: 1.0 for a in found})  # no score: every value at the same confidence
         spans.append([(a, s, e) for a, (s, e) in found.items()])
-    return {**evaluate_rows(test, preds, conf, spans), "seconds": time.time() - t0}
+    return {**extraction_report(test, preds, conf, spans), "seconds": time.time() - t0}
 
 
 def tagger_row(model: ExtractionModel, test: list[SpanRow], sets: dict) -> dict:
     t0 = time.time()
-    found = extract(model, [r.text for r in test], [r.category for r in test], sets)
-    best = [best_values(f) for f in found]
-    preds = [{a: s.value for a, s in b.items()} for b in best]
-    conf = [{a: s.score for a, s in b.items()} for b in best]
-    spans = [[(s.attribute, s.start, s.end) for s in f] for f in found]
-    return {**evaluate_rows(test, preds, conf, spans), "predict_seconds": time.time() - t0}
+    return {**score_rows(model, test, allowed=sets)["report"], "predict_seconds": time.time() - t0}
 
 
 def run_subset(subset: str, args, tokenizer) -> dict:

@@ -17,9 +17,10 @@ from components.models.io import load_meta, load_model
 from components.models.tagger import ExtractionModel
 
 
-def score_rows(model: ExtractionModel, rows: list[SpanRow], features=None) -> dict[str, Any]:
-    """The model's best value per attribute on `rows`, with scores and the benchmarks' report."""
-    found = extract(model, [r.text for r in rows], [r.category for r in rows], features=features)
+def score_rows(model: ExtractionModel, rows: list[SpanRow], features=None, allowed=None) -> dict[str, Any]:
+    """The model's best value per attribute on `rows`, with scores and the benchmarks' report
+    (`allowed`: per category, the attributes decoded; see `extract`)."""
+    found = extract(model, [r.text for r in rows], [r.category for r in rows], allowed, features=features)
     best = [best_values(f) for f in found]
     predicted = [{a: s.value for a, s in b.items()} for b in best]
     confidence = [{a: s.score for a, s in b.items()} for b in best]
