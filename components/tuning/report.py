@@ -5,20 +5,10 @@ from __future__ import annotations
 from pathlib import Path
 
 from components.tuning.records import SearchResult, TrialRecord
+from components.tuning.space import Parameters
 
-_PARAM_ORDER = (
-    "fusion",
-    "lambda_kl",
-    "lr_head",
-    "lr_text",
-    "lr_image",
-    "weight_decay",
-    "warmup_share",
-    "epochs",
-    "batch_size",
-    "head_hidden",
-    "head_dropout",
-)
+# Columns in the order the search file declares its parameters (one list: a new parameter shows up).
+_PARAM_ORDER = tuple(Parameters.model_fields)
 
 
 def _fmt(v) -> str:
