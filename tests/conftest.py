@@ -65,3 +65,15 @@ def fashion_dir() -> Path:
     if not (FASHION_DIR / "styles.csv").is_file():
         pytest.skip(f"fashion catalog not found at {FASHION_DIR}")
     return FASHION_DIR
+
+
+@pytest.fixture(scope="session")
+def prefect_server() -> Iterator[str]:
+    """A real Prefect server on a temporary database (prefect_test_harness) for every test that runs
+    flows, deployments or automations; yields its API URL. One for the session: each start costs
+    about 15 s, and tests tell their runs apart by their own names and ids."""
+    from prefect.settings import PREFECT_API_URL
+    from prefect.testing.utilities import prefect_test_harness
+
+    with prefect_test_harness(server_startup_timeout=120):
+        yield PREFECT_API_URL.value()

@@ -14,14 +14,6 @@ from components.registry import Registry
 pytestmark = pytest.mark.slow
 
 
-@pytest.fixture(scope="module")
-def prefect_server():
-    from prefect.testing.utilities import prefect_test_harness
-
-    with prefect_test_harness(server_startup_timeout=120):
-        yield
-
-
 def _tiny_config(path, fusion: str, lr: float = 1e-3) -> str:
     path.write_text(
         yaml.safe_dump(

@@ -22,14 +22,6 @@ from components.registry import Registry
 pytestmark = pytest.mark.slow
 
 
-@pytest.fixture(scope="module")
-def prefect_server():
-    from prefect.testing.utilities import prefect_test_harness
-
-    with prefect_test_harness(server_startup_timeout=120):
-        yield
-
-
 def _api() -> str:
     from prefect.settings import PREFECT_API_URL
 

@@ -38,15 +38,6 @@ def cluster():
     assert not c.leftovers(), "Ray processes of the test cluster still running"
 
 
-@pytest.fixture(scope="module")
-def prefect_server():
-    from prefect.settings import PREFECT_API_URL
-    from prefect.testing.utilities import prefect_test_harness
-
-    with prefect_test_harness(server_startup_timeout=120):
-        yield PREFECT_API_URL.value()
-
-
 # SQLite only: this test is about the worker / the cluster (minutes each); the flow and tune tests
 # (test_flows, test_tune, test_loop) run on PostgreSQL too when ATTRFLOW_TEST_PG_URL is set.
 @pytest.mark.parametrize("registry_backend", ["sqlite"], indirect=True)
