@@ -131,6 +131,91 @@ def test_benchmark_reader_accepts_and_quarantines(tmp_path):
     assert out.attribute_sets() == {"Lure": ["Brand", "Color"]}
 
 
+def _value_catalog(root: Path, n: int = 120) -> Path:
+    """A JSONL catalog in the benchmarks' layout (no id column, category-dependent attributes) and
+    its spec, plus three rows that must be quarantined."""
+    brands, colours = ["Acme", "Zeta", "Orbit", "Nova"], ["red", "blue", "green"]
+    root.mkdir(parents=True)
+    lines = []
+    for i in range(n):
+        brand, colour = brands[i % 4], colours[i % 3]
+        if i % 2:
+            title = f"{brand} Lure {colour} {40 + i}mm"
+            lines.append(
+                {
+                    "input": title,
+                    "category": "Lure",
+                    "target_scores": {"Brand": {brand: 1}, "Length": {f"{40 + i}mm": 1}},
+                }
+            )
+        else:
+            title = f"{colour} cotton Shirt by {brand}" if i % 4 else f"plain Shirt by {brand}"
+            lines.append(
+                {
+                    "input": title,
+                    "category": "Shirt",
+                    "target_scores": {"Brand": {brand: 1}, "Color": {colour if i % 4 else "n/a": 1}},
+                }
+            )
+    bad = [
+        {"input": "Acme Lure", "category": "Lure", "target_scores": {"Brand": {"Kappa": 1}}},  # not in the text
+        {"input": "Acme Lure", "category": "Lure", "target_scores": ["Acme"]},  # not attribute -> values
+    ]
+    text = "\n".join(json.dumps(x) for x in lines + bad) + "\n{broken\n"
+    (root / "catalog.jsonl").write_text(text)
+    (root / "spec.yaml").write_text(
+        "name: lures\nsource: catalog.jsonl\nid_column: null\ntitle_column: input\nvalues_column: target_scores\n"
+        "attributes:\n  - {name: category, column: category}\nsplit: {seed: 0, validation: 0.2, test: 0.2}\n"
+    )
+    return root / "spec.yaml"
+
+
+def test_value_catalog_ingests_through_a_spec_and_trains_with_the_cli(tmp_path):
+    """The benchmarks' JSONL layout through a catalog spec (`values_column`): every row accepted or
+    quarantined with its reason, values and spans stored, then `attrflow train` / `evaluate` on it."""
+    import yaml
+    from typer.testing import CliRunner
+
+    from attrflow.cli import app
+    from components.catalog import ingest, load_dataset, load_spec
+    from components.catalog.spans import dataset_rows
+
+    result = ingest(load_spec(_value_catalog(tmp_path / "catalog")))
+    assert result.rows == 123 and result.accepted == 120
+    assert result.reasons == {"malformed_row": 1, "malformed_values": 1, "value_not_in_text": 1}
+    quarantine = (result.dataset_dir / "quarantine.csv").read_text()
+    assert "121,121,value_not_in_text,Brand: value 'Kappa' is not in the text" in quarantine
+    dataset = load_dataset(result.dataset_dir)
+    assert dataset.manifest["values"]["Color"] == {"named": 60, "with_value": 30}
+    first = dataset.items.set_index("id").loc["2"]  # row 2: "Zeta Lure blue 41mm"
+    assert json.loads(first["values"]) == {"Brand": ["Zeta"], "Length": ["41mm"]}
+    assert json.loads(first["spans"]) == [
+        {"attribute": "Brand", "start": 0, "end": 4},
+        {"attribute": "Length", "start": 15, "end": 19},
+    ]
+    rows = {r.id: r for r in dataset_rows(dataset.items)}
+    assert rows["2"].category == "Lure" and rows["1"].values["Color"] == []  # "n/a": named, no value
+
+    shipped = yaml.safe_load(
+        (Path(__file__).resolve().parents[1] / "configs" / "models" / "extraction_text.yaml").read_text()
+    )
+    shipped["model"].update(text=TINY_TEXT)
+    shipped["training"].update(epochs=8, batch_size=16, lr_head=1e-2, lr_text=1e-3)
+    config = tmp_path / "extraction.yaml"
+    config.write_text(yaml.safe_dump(shipped))
+    runner = CliRunner()
+    out = tmp_path / "model"
+    trained = runner.invoke(
+        app, ["train", str(config), "--dataset", str(result.dataset_dir), "--out", str(out), "--json"]
+    )
+    assert trained.exit_code == 0, trained.output
+    assert set(json.loads((out / "thresholds.json").read_text())) == {"Brand", "Color", "Length"}
+    evaluated = runner.invoke(app, ["evaluate", str(out), "--dataset", str(result.dataset_dir), "--json"])
+    assert evaluated.exit_code == 0, evaluated.output
+    report = json.loads(evaluated.output.strip().splitlines()[-1])
+    assert set(report["per_attribute"]) == {"Brand", "Color", "Length"} and report["micro"]["f1"] > 0.6
+
+
 # -- metrics -------------------------------------------------------------------------------------
 def test_counting_rule_by_hand():
     expected = [

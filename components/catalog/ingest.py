@@ -3,7 +3,9 @@
 Output, under `ATTRFLOW_HOME/datasets/<name>/<version>/`:
 
 - `items.parquet`      accepted products: id, title, description, image_path,
-                       image_sha256, one column per attribute (str, list[str] or null)
+                       image_sha256, one column per attribute (str, list[str] or null);
+                       with a spec's values_column also `values` (JSON: attribute -> [values],
+                       [] for "n/a") and `spans` (JSON: [{attribute, start, end}] in the title)
 - `splits.parquet`     id -> train | validation | test (a product keeps its split from the
                        newest earlier version; only new products are assigned)
 - `vocab.json`         per attribute: kind and the ordered list of values
@@ -34,8 +36,10 @@ from PIL import Image, UnidentifiedImageError
 from pydantic import BaseModel
 
 from components.catalog.readers import cell_text, read_records
+from components.catalog.spans import locate_values
 from components.catalog.spec import AttributeSpec, CatalogSpec
 from components.catalog.splits import SPLITS, assign_splits
+from components.catalog.value_benchmarks import parse_values
 from components.settings import get_settings
 
 # Reasons a row is quarantined. Keys are stable (tests, dashboards); values explain.
@@ -48,6 +52,8 @@ REASONS = {
     "no_text_or_image": "the product has neither a title/description nor an image",
     "image_missing": "the image file does not exist",
     "image_unreadable": "the image file cannot be decoded as an image",
+    "malformed_values": "the values column does not hold attribute -> values",
+    "value_not_in_text": "a named value is not written in the title",
 }
 
 # What to check first when most rows end up quarantined for one reason.
@@ -59,9 +65,11 @@ HINTS = {
     "missing_id": "check `id_column` in the spec",
     "malformed_row": "check the file's format and delimiter",
     "no_text_or_image": "check `title_column`, `description_column` and the image settings in the spec",
+    "malformed_values": "check `values_column` in the spec",
+    "value_not_in_text": "check `title_column`: values are located in the title",
 }
 
-RESERVED_COLUMNS = {"id", "title", "description", "image_path", "image_sha256", "split"}
+RESERVED_COLUMNS = {"id", "title", "description", "image_path", "image_sha256", "split", "values", "spans"}
 
 
 class IngestResult(BaseModel):
@@ -113,7 +121,7 @@ def ingest(
         if rec.values is None:
             quarantine.add(rec.row, "", "malformed_row", rec.error or "")
             continue
-        item, reason, detail = _parse_row(rec.values, spec, catalog_root, trusted)
+        item, reason, detail = _parse_row(rec.row, rec.values, spec, catalog_root, trusted)
         id_ = item.get("id", "")
         if reason is None and id_ in seen_ids:
             reason, detail = "duplicate_id", f"id {id_!r} first seen in row {seen_ids[id_]}"
@@ -137,7 +145,7 @@ def ingest(
             item["image_sha256"] = sha
             accepted.append(item)
 
-    items = _items_frame(accepted, spec.attributes)
+    items = _items_frame(accepted, spec)
     vocab = _vocabularies(items, spec.attributes)
     home = home or get_settings().home
     split, kept_from = _assign_splits(items, spec, home / "datasets" / spec.name)
@@ -178,6 +186,12 @@ def ingest(
             },
             "spec": spec.model_dump(mode="json"),
         }
+        if spec.values_column:  # attribute -> products that name it / that have a value for it
+            named = [json.loads(v) for v in items["values"]]
+            manifest["values"] = {
+                a: {"named": sum(a in n for n in named), "with_value": sum(bool(n.get(a)) for n in named)}
+                for a in sorted({a for n in named for a in n})
+            }
         _write_dataset(dataset_dir, items, split, vocab, quarantine, manifest)
     return IngestResult(
         name=spec.name,
@@ -261,12 +275,12 @@ def _image_path(ref: str, catalog_root: Path, spec: CatalogSpec, trusted: list[P
 
 
 def _parse_row(
-    values: dict[str, Any], spec: CatalogSpec, catalog_root: Path, trusted: list[Path]
+    row: int, values: dict[str, Any], spec: CatalogSpec, catalog_root: Path, trusted: list[Path]
 ) -> tuple[dict[str, Any], str | None, str]:
     """One row -> (item, reason, detail); reason is None when the row passes the cheap checks."""
     missing = set(spec.missing_values)
     values = {k: (None if isinstance(v, str) and v.strip() in missing else v) for k, v in values.items()}
-    id_ = cell_text(values.get(spec.id_column))
+    id_ = cell_text(values.get(spec.id_column)) if spec.id_column else str(row)
     item: dict[str, Any] = {"id": id_}
     if not id_:
         return item, "missing_id", f"column {spec.id_column!r} is empty"
@@ -293,6 +307,29 @@ def _parse_row(
         item["image_path"] = path
     if not (item["title"] or item["description"] or item["image_path"]):
         return item, "no_text_or_image", "title, description and image are all empty"
+    if spec.values_column:
+        return _with_values(item, values.get(spec.values_column), spec.values_column)
+    return item, None, ""
+
+
+def _with_values(item: dict[str, Any], cell: Any, column: str) -> tuple[dict[str, Any], str | None, str]:
+    """A value-extraction row: its named values, located in the title (word boundaries, or inside a
+    token such as "Letter" in "Letters"; attributes may share text)."""
+    if isinstance(cell, str):  # CSV / Parquet hold the object as JSON text
+        try:
+            cell = json.loads(cell)
+        except ValueError as e:
+            return item, "malformed_values", f"{column}: invalid JSON: {e}"
+    try:
+        named = parse_values(cell)
+    except ValueError as e:
+        return item, "malformed_values", f"{column}: {e}"
+    spans, problems = locate_values(item["title"], named, exclusive=False, widen=True)
+    if problems:
+        attr, why = next(iter(problems.items()))
+        return item, "value_not_in_text", f"{attr}: {why}"
+    item["values"] = json.dumps(named)
+    item["spans"] = json.dumps([{"attribute": s.attribute, "start": s.start, "end": s.end} for s in spans])
     return item, None, ""
 
 
@@ -336,8 +373,9 @@ def _check_image(path: str | None) -> tuple[str | None, str | None, str]:
     return hashlib.sha256(data).hexdigest(), None, ""
 
 
-def _items_frame(accepted: list[dict[str, Any]], attributes: list[AttributeSpec]) -> pd.DataFrame:
-    columns = ["id", "title", "description", "image_path", "image_sha256"] + [a.name for a in attributes]
+def _items_frame(accepted: list[dict[str, Any]], spec: CatalogSpec) -> pd.DataFrame:
+    columns = ["id", "title", "description", "image_path", "image_sha256"] + [a.name for a in spec.attributes]
+    columns += ["values", "spans"] if spec.values_column else []
     df = pd.DataFrame(accepted, columns=["row", *columns])
     return df.drop(columns="row").reset_index(drop=True)
 

@@ -8,6 +8,7 @@ attribute (an empty list: the product has no value for it, "n/a") and the spans
 
 from __future__ import annotations
 
+import json
 import re
 from collections import Counter
 from collections.abc import Callable
@@ -154,6 +155,33 @@ def distant_rows(items, attributes: list[str], category: str = "all") -> list[Sp
         located = {a: sorted({s.text(row.text) for s in row.spans if s.attribute == a}) for a in attributes}
         rows.append(SpanRow(row.id, row.text, category, located, row.spans))
     return rows
+
+
+def dataset_rows(items, attributes: list[str] | None = None, boundaries: Boundaries | None = None) -> list[SpanRow]:
+    """A dataset split's products as span rows. A value-extraction catalog (ingested with a
+    `values_column`: the items have `values`) gives its named values, located again on `boundaries`
+    (a tagger's token edges; ingestion placed them on word boundaries); `attributes` keeps those
+    (None: all). Other catalogs give distant labels of the `attributes` columns (`distant_rows`).
+    The category is the `category` column where there is one."""
+    if "values" not in items.columns:
+        if attributes is None:
+            raise ValueError("distant labels need the attribute columns to read")
+        return distant_rows(items, attributes)
+    categories = items["category"] if "category" in items.columns else ["all"] * len(items)
+    rows = []
+    for id_, text, category, cell in zip(items["id"], items["title"], categories, items["values"], strict=True):
+        named = json.loads(cell)
+        if attributes is not None:
+            named = {a: v for a, v in named.items() if a in attributes}
+        spans, _ = locate_values(text, named, boundaries, exclusive=False, widen=True)
+        rows.append(SpanRow(str(id_), text, str(category or "all"), named, spans))
+    return rows
+
+
+def fully_located(rows: list[SpanRow]) -> list[SpanRow]:
+    """The rows whose every named value has a span: what a tagger can learn from without being
+    taught that a value it does not see is no value."""
+    return [r for r in rows if {a for a, v in r.values.items() if v} <= {s.attribute for s in r.spans}]
 
 
 _SEPARATORS = " \t,;"

@@ -13,6 +13,12 @@ Example (configs/catalogs/demo.yaml)::
       - {name: colour, column: colour, kind: multilabel, separator: "|",
          values: [black, white, red]}
     split: {seed: 0, validation: 0.1, test: 0.1}
+
+Value-extraction catalogs (configs/catalogs/ae-110k.yaml) name a `values_column` instead of (or
+besides) attribute columns: per row an object `{attribute: {value: score} | [values] | value}`,
+"n/a" or empty for an attribute the product has no value for, so each row (each category) names
+its own attribute set. Every named value must be written in the title (else the row is
+quarantined); such a catalog trains `model: {task: extraction}` configs.
 """
 
 from __future__ import annotations
@@ -85,7 +91,7 @@ class CatalogSpec(_Strict):
     name: str = Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
     source: Path
     format: SourceFormat | None = None
-    id_column: str
+    id_column: str | None  # null: the row's number in the file is its id
     title_column: str
     description_column: str | None = None
     image_column: str | None = None
@@ -98,7 +104,8 @@ class CatalogSpec(_Strict):
     # An ingest that accepts a smaller share of the rows than this fails instead of writing a
     # dataset: it is far more likely a wrong spec than a catalog that bad.
     min_accepted_share: float = Field(0.5, ge=0.0, le=1.0)
-    attributes: list[AttributeSpec] = Field(min_length=1)
+    attributes: list[AttributeSpec] = []
+    values_column: str | None = None  # the value-extraction layout (module docstring)
     # Cell texts that mean "no value" (pandas' usual markers); an empty cell always does.
     missing_values: list[str] = ["NA", "N/A", "NaN", "nan", "null", "NULL", "None"]
     split: SplitSpec = SplitSpec()
@@ -114,6 +121,8 @@ class CatalogSpec(_Strict):
     def _check(self) -> CatalogSpec:
         if self.image_column and self.image_template:
             raise ValueError("give image_column or image_template, not both")
+        if not self.attributes and not self.values_column:
+            raise ValueError("attributes: name at least one attribute column (or a values_column)")
         names = [a.name for a in self.attributes]
         dupes = sorted({n for n in names if names.count(n) > 1})
         if dupes:

@@ -44,6 +44,24 @@ class ValueRows:
         return {c: list(a) for c, a in out.items()}
 
 
+def parse_values(targets) -> dict[str, list[str]]:
+    """A row's named attributes and their values: `{attribute: {value: score, ...} | [value, ...] |
+    value}`, where "n/a", an empty list or null is "named, no value". Raises ValueError on any other shape."""
+    if not isinstance(targets, dict) or not targets:
+        raise ValueError(f"expected an object of attribute -> values, got {type(targets).__name__}")
+    out = {}
+    for attr, vs in targets.items():
+        if isinstance(vs, (str, int, float)):
+            vs = [vs]
+        elif vs is None:
+            vs = []
+        elif not isinstance(vs, (dict, list)):
+            raise ValueError(f"attribute {attr!r}: expected values as an object, a list or a string")
+        values = [str(v).strip() for v in vs]
+        out[str(attr)] = [v for v in dict.fromkeys(values) if v and v.lower() != NO_VALUE]
+    return out
+
+
 def _parse(obj: dict) -> tuple[str, str, dict[str, list[str]]]:
     text, category, targets = obj.get("input"), obj.get("category"), obj.get("target_scores")
     if not isinstance(text, str) or not text.strip():
@@ -52,8 +70,7 @@ def _parse(obj: dict) -> tuple[str, str, dict[str, list[str]]]:
         raise ValueError("no category")
     if not isinstance(targets, dict) or not all(isinstance(v, dict) for v in targets.values()):
         raise ValueError("target_scores is not an object of objects")
-    values = {str(a): [str(v).strip() for v in vs if str(v).strip() != NO_VALUE] for a, vs in targets.items()}
-    return text, category, values
+    return text, category, parse_values(targets)
 
 
 def read_value_benchmark(

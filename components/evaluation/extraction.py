@@ -9,7 +9,7 @@ from typing import Any
 import numpy as np
 
 from components.catalog.dataset import Dataset
-from components.catalog.spans import SpanRow, distant_rows
+from components.catalog.spans import SpanRow, dataset_rows
 from components.evaluation.extraction_metrics import OUTCOMES, extraction_report, outcome, prf
 from components.evaluation.metrics import r_at_p
 from components.inference.extraction import best_values, dataset_features, extract, split_features
@@ -37,7 +37,7 @@ def _scored_split(model_dir: str | Path, dataset: Dataset, split: str) -> tuple[
     if not isinstance(model, ExtractionModel):
         raise ValueError(f"{model_dir} is not an extraction model")
     attributes = load_meta(model_dir).get("attributes") or model.attributes
-    rows = distant_rows(dataset.split(split), attributes)
+    rows = dataset_rows(dataset.split(split), attributes, model.token_edges)
     if not rows:
         raise ValueError(f"{dataset.path}: split {split!r} has no rows")
     features = split_features(dataset_features(model.config, dataset), dataset, split)
@@ -45,8 +45,8 @@ def _scored_split(model_dir: str | Path, dataset: Dataset, split: str) -> tuple[
 
 
 def evaluate_extraction(model_dir: str | Path, dataset: Dataset, split: str = "test") -> dict[str, Any]:
-    """A saved extraction model on a dataset split: distant labels of the attributes it was trained
-    on (model folder's config.json), the frozen encoders' outputs from the embedding cache. The
+    """A saved extraction model on a dataset split: the named values of a value-extraction catalog,
+    or distant labels, of the attributes it was trained on (model folder's config.json), the frozen encoders' outputs from the embedding cache. The
     benchmarks' report plus the registry's means over attributes (`r_at_p95_mean`: value R@P95,
     `f1_macro_mean`: value F1), as `ValueOutcomes.mean_metric` computes them."""
     rows, scored = _scored_split(model_dir, dataset, split)

@@ -29,13 +29,14 @@ import torch
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from components.catalog.dataset import Dataset
-from components.catalog.spans import SpanRow, distant_rows, surface_forms, word_aligned_attributes
+from components.catalog.spans import SpanRow, dataset_rows, fully_located, surface_forms, word_aligned_attributes
 from components.evaluation.extraction import score_rows
 from components.evaluation.extraction_metrics import value_thresholds
 from components.inference.extraction import dataset_features, split_features
+from components.models.encoders import TextEncoder
 from components.models.heads import Vocab
 from components.models.model import create_model
-from components.models.tagger import ATTRIBUTES, ExtractionConfig, ExtractionModel, cached_inputs
+from components.models.tagger import ATTRIBUTES, ExtractionConfig, ExtractionModel, cached_inputs, token_edges
 from components.yaml_files import describe_errors, read_yaml_mapping
 
 
@@ -181,10 +182,15 @@ def train_extractor(
 
 
 def extraction_attributes(config: ExtractionTrainConfig, dataset: Dataset) -> list[str]:
-    attrs = config.attributes or [a for a, v in dataset.vocab.items() if v.kind == "multiclass"]
-    unknown = sorted(set(attrs) - set(dataset.vocab))
+    """The attributes extracted: the config's, else a value-extraction catalog's named attributes
+    (its manifest's `values`), else every multiclass attribute column (distant labels)."""
+    known = list(dataset.manifest.get("values") or dataset.vocab)
+    attrs = config.attributes or (
+        known if "values" in dataset.manifest else [a for a, v in dataset.vocab.items() if v.kind == "multiclass"]
+    )
+    unknown = sorted(set(attrs) - set(known))
     if unknown:
-        raise ValueError(f"attributes {unknown} are not in dataset {dataset.name} (it has {list(dataset.vocab)})")
+        raise ValueError(f"attributes {unknown} are not in dataset {dataset.name} (it has {known})")
     return attrs
 
 
@@ -198,7 +204,10 @@ def train_extraction(
     features = dataset_features(config.model, dataset)
     if features is not None and "text_tokens" in features and config.model.category_input:
         raise ValueError("a model on the embedding cache reads the title alone: set model.category_input: false")
-    rows = {s: distant_rows(dataset.split(s), attrs) for s in ("train", "validation")}
+    tokenizer = TextEncoder(config.model.text).tokenizer
+    edges = lambda text: token_edges(tokenizer, text)  # noqa: E731  (spans end where tokens do)
+    rows = {s: dataset_rows(dataset.split(s), attrs, edges) for s in ("train", "validation")}
+    rows["train"] = fully_located(rows["train"])
     if not any(r.spans for r in rows["train"]):
         raise ValueError(f"no value of {attrs} is written in any train title of {dataset.name}: nothing to learn")
     model = train_extractor(config, rows["train"], attrs, log, split_features(features, dataset, "train"))
