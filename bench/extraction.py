@@ -1,7 +1,7 @@
 """Value extraction on the public benchmarks AE-110k and OA-Mine (../shared/data/attribute-values):
 train on a subset's train file, evaluate on its test.jsonl with the benchmarks' counting rule.
 
-Rows: the dictionary baseline, the text tagger, + attribute head + KL consistency, + attribute range
+Rows: the dictionary baseline, the text tagger, the tagger with a CRF layer, + attribute head + KL consistency, + attribute range
 minimisation (the previous row's model, decoded through its attribute head), + fill (each attribute
 the head accepts gets its best span where the tagger found none). Writes
 bench/results/extraction.{json,md} and the extraction section of docs/results.md.
@@ -48,6 +48,7 @@ TARGET = {"ae-110k": 87.6, "oa-mine": 83.5}
 # row -> (model config overrides, decode with range minimisation, model to reuse)
 ROWS = {
     "tagger": ({}, None),
+    "tagger+crf": ({"crf": True}, None),
     "tagger+head+kl": ({"attribute_head": True, "lambda_kl": 0.5}, None),
     "tagger+head+kl+range": ({"attribute_head": True, "lambda_kl": 0.5, "range_minimisation": True}, "tagger+head+kl"),
     "tagger+head+kl+range+fill": (

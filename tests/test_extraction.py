@@ -272,6 +272,31 @@ def test_viterbi_never_puts_i_after_o_and_layers_overlap():
     assert [a for a, *_ in decode_spans(probs, ["brand", "name"], [False, True])] == ["name"]
 
 
+def test_crf_transitions_steer_the_decoding():
+    """With no evidence in the tokens (uniform), a CRF's learned transitions decide the path."""
+    uniform = np.log(np.full((3, 1, 3), 1 / 3))
+    assert viterbi(uniform)[:, 0].tolist() == [O, O, O]
+    start, trans, end = np.zeros(3), np.zeros((3, 3)), np.zeros(3)
+    start[B], trans[B, I], trans[I, I] = 2.0, 2.0, 2.0
+    assert viterbi(uniform, (start, trans, end))[:, 0].tolist() == [B, I, I]
+    trans[O, I] = 50.0  # a learned O -> I is still never decoded
+    start[B], start[O] = 0.0, 5.0
+    path = viterbi(uniform, (start, trans, end))[:, 0].tolist()
+    assert path[0] == O and not any(a == O and b == I for a, b in zip(path, path[1:], strict=False))
+
+
+def test_crf_loss_is_a_likelihood_over_named_attributes():
+    model = _tiny(crf=True)
+    rows = [SpanRow("1", "Acme red shirt", "Shirts", {"brand": ["Acme"]}, [Span(0, 4, "brand")])]
+    batch = model.tokenize([r.text for r in rows], [r.category for r in rows])
+    labels = model.labels(rows, batch)
+    loss, parts = model.loss(model(batch), labels)
+    loss.backward()
+    assert loss.item() > 0 and model.crf.transitions.grad.abs().sum() > 0
+    none_named = model.labels([SpanRow("2", "blue bag", "Bags", {}, [])], model.tokenize(["blue bag"], ["Bags"]))
+    assert model.crf_loss(model(model.tokenize(["blue bag"], ["Bags"])).tag_logits, none_named["tags"]).item() == 0.0
+
+
 def test_required_attribute_gets_its_best_single_span():
     layer = [[0.9, 0.05, 0.05], [0.6, 0.3, 0.1], [0.4, 0.05, 0.55], [0.95, 0.04, 0.01]]  # all O when free
     probs = _probs(layer)[:, None, :]
@@ -333,12 +358,15 @@ def test_range_minimisation_removes_tags_of_rejected_attributes():
 
 
 def test_save_load_round_trip(tmp_path):
-    model = _tiny(attribute_head=True, lambda_kl=0.5)
+    model = _tiny(attribute_head=True, lambda_kl=0.5, crf=True)
+    with torch.no_grad():
+        model.crf.transitions.normal_()
     batch = model.tokenize(["Acme red shirt", "blue bag"], ["Shirts", "Bags"])
     before = model(batch)
     model.surface_forms = {"colour": {"reds": "red"}}
     loaded = load_model(save_model(model, tmp_path / "m"))
     assert loaded.surface_forms == model.surface_forms
+    assert all(np.array_equal(a, b) for a, b in zip(loaded.transitions(), model.transitions(), strict=True))
     after = loaded(batch)
     assert loaded.attributes == ["brand", "colour"] and loaded.config == model.config
     assert torch.allclose(before.tag_logits, after.tag_logits) and torch.allclose(
@@ -359,7 +387,8 @@ def test_dictionary_baseline_longest_known_value_per_category():
     assert d.predict(text, "Bags", ["colour"]) == {"colour": (15, 18)}
 
 
-def test_real_default_encoder_learns_to_extract_a_brand():
+@pytest.mark.parametrize("crf", [False, True])
+def test_real_default_encoder_learns_to_extract_a_brand(crf):
     torch.set_num_threads(2)
     brands = ["Acme", "Zorbo", "Kelvix", "Truvo", "Nimbra", "Pelto", "Quarn", "Vexa"]
     items = ["running shoe", "leather boot", "canvas sneaker", "trail shoe"]
@@ -369,7 +398,7 @@ def test_real_default_encoder_learns_to_extract_a_brand():
             text = f"{b} Men's {it} size {8 + j}"
             rows.append(SpanRow(str(len(rows)), text, "Shoes", {"Brand": [b]}, [Span(0, len(b), "Brand")]))
     cfg = ExtractionTrainConfig(
-        model=ExtractionConfig(text={"max_length": 32}),
+        model=ExtractionConfig(text={"max_length": 32}, crf=crf),
         training=ExtractionTrainingConfig(
             epochs=8, batch_size=8, lr_text=1e-4, lr_head=3e-3, warmup_share=0.0, freeze_layers=3
         ),

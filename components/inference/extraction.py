@@ -51,6 +51,7 @@ def extract(
     model.eval()
     out: list[list[ExtractedSpan]] = []
     cfg = model.config
+    transitions = model.transitions()
     for lo in range(0, len(texts), batch_size):
         tx, cats = list(texts[lo : lo + batch_size]), list(categories[lo : lo + batch_size])
         batch = model.tokenize(tx, cats)
@@ -73,7 +74,7 @@ def extract(
             keep = batch["title_mask"][b].numpy()
             offs = batch["offsets"][b].numpy()[keep]
             spans = []
-            for attr, i, j, score in decode_spans(probs[b][keep], model.attributes, ok, need):
+            for attr, i, j, score in decode_spans(probs[b][keep], model.attributes, ok, need, transitions):
                 s, e = int(offs[i, 0]), int(offs[j, 1])
                 if attr in model.word_aligned:
                     s, e = snap_to_words(text, s, e, model.word_aligned[attr])

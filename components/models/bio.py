@@ -34,21 +34,27 @@ def spans_from_tags(tags: Sequence[int]) -> list[tuple[int, int]]:
     return spans
 
 
-def viterbi(log_probs: np.ndarray) -> np.ndarray:
+Transitions = tuple[np.ndarray, np.ndarray, np.ndarray]  # a CRF's (start (3,), from->to (3, 3), end (3,))
+
+
+def viterbi(log_probs: np.ndarray, transitions: Transitions | None = None) -> np.ndarray:
     """(T, A, 3) log-probabilities -> (T, A) tags: the best sequence per attribute in which every I
-    follows a B or an I."""
+    follows a B or an I, scored by the tokens' log-probabilities (plus a CRF's learned
+    `transitions`: a per-token shift of the scores, as softmax is, never changes the best path)."""
     T, A, _ = log_probs.shape
     if T == 0:
         return np.zeros((0, A), dtype=np.int64)
-    trans = np.zeros((N_TAGS, N_TAGS))
+    start, trans, end = transitions or (np.zeros(N_TAGS), np.zeros((N_TAGS, N_TAGS)), np.zeros(N_TAGS))
+    trans = trans.copy()
     trans[O, I] = _NEG
-    score = log_probs[0].copy()
+    score = log_probs[0] + start
     score[:, I] += _NEG
     back = np.zeros((T, A, N_TAGS), dtype=np.int64)
     for t in range(1, T):
         cand = score[:, :, None] + trans[None]  # (A, from, to)
         back[t] = cand.argmax(1)
         score = cand.max(1) + log_probs[t]
+    score = score + end
     path = np.zeros((T, A), dtype=np.int64)
     path[-1] = score.argmax(-1)
     cols = np.arange(A)
@@ -89,13 +95,14 @@ def decode_spans(
     attributes: Sequence[str],
     allowed: Sequence[bool] | None = None,
     required: Sequence[bool] | None = None,
+    transitions: Transitions | None = None,
 ) -> list[tuple[str, int, int, float]]:
     """(T, A, 3) probabilities of one product's tokens -> (attribute, first, last, confidence) per
     span, confidence = mean of 1 - p(O) over the span's tokens. Layers not `allowed` (attributes
     out of range) give no spans; `required` ones get their best single span where the free
-    decoding found none."""
+    decoding found none. `transitions`: a CRF's, for its Viterbi."""
     logp = np.log(np.clip(probs, 1e-12, 1.0))
-    tags = viterbi(logp)
+    tags = viterbi(logp, transitions)
     if required is not None and len(probs):
         empty = np.asarray(required, dtype=bool) & ~(tags != O).any(0)
         if empty.any():

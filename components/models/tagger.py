@@ -18,10 +18,12 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Literal
 
+import numpy as np
 import torch
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 from torch import nn
 from torch.nn import functional as F
+from torchcrf import CRF
 
 from components.catalog.spans import SpanRow
 from components.models.bio import N_TAGS, B, I, O
@@ -40,6 +42,10 @@ class ExtractionConfig(BaseModel):
     category_input: bool = True  # feed the category as the second text segment
     dropout: float = Field(0.1, ge=0, lt=1)
     o_weight: float = Field(1.0, gt=0)  # loss weight of O tags (most of them) against B and I
+    # A linear-chain CRF over each attribute's BIO layer (pytorch-crf; transitions shared by the
+    # attributes): trained by its sequence likelihood instead of per-token cross-entropy (o_weight
+    # then unused), decoded by Viterbi with its learned transitions.
+    crf: bool = False
     attribute_head: bool = False  # multi-label head: which attributes the product has a value for
     lambda_attribute: float = Field(1.0, ge=0)  # its loss weight
     lambda_kl: float = Field(0.0, ge=0)  # KL consistency between the head and the tagger (needs the head)
@@ -111,6 +117,7 @@ class ExtractionModel(nn.Module):
                 config.regional_visual_gate,
             )
         self.tagger = nn.Linear(d, n * N_TAGS)
+        self.crf = CRF(N_TAGS, batch_first=True) if config.crf else None
         self.attribute_head = nn.Linear(d, n) if config.attribute_head else None
         # Learned from training spans widened to whole tokens: span text -> the value it stands for.
         self.surface_forms: dict[str, dict[str, str]] = {}
@@ -209,11 +216,36 @@ class ExtractionModel(nn.Module):
             return out.pooled, out.tokens, batch["has_image"].bool()
         return torch.zeros(n, enc.dim), torch.zeros(n, 1, enc.token_dim), torch.zeros(n, dtype=torch.bool)
 
+    def transitions(self) -> tuple[np.ndarray, np.ndarray, np.ndarray] | None:
+        """The CRF's learned (start, transition, end) scores for decoding; None without a CRF."""
+        if self.crf is None:
+            return None
+        c = self.crf
+        return tuple(t.detach().cpu().numpy() for t in (c.start_transitions, c.transitions, c.end_transitions))
+
+    def crf_loss(self, tag_logits: torch.Tensor, tags: torch.Tensor) -> torch.Tensor:
+        """Mean negative log-likelihood per token of the named attributes' tag sequences. A
+        sequence is one product's title tokens (a contiguous run from position 1, after [CLS])
+        for one attribute it names."""
+        bsz, T, A, _ = tag_logits.shape
+        emissions = tag_logits[:, 1:].permute(0, 2, 1, 3).reshape(bsz * A, T - 1, N_TAGS)
+        targets = tags[:, 1:].permute(0, 2, 1).reshape(bsz * A, T - 1)
+        mask = targets != IGNORE
+        keep = mask[:, 0]  # named attributes of products with a title
+        if not keep.any():
+            return tag_logits.sum() * 0.0
+        return -self.crf(emissions[keep], targets[keep].clamp(min=0), mask[keep], reduction="token_mean")
+
     def loss(self, out: ExtractionOutput, labels: dict[str, torch.Tensor]) -> tuple[torch.Tensor, dict[str, float]]:
         cfg = self.config
         weight = torch.tensor([cfg.o_weight, 1.0, 1.0], device=out.tag_logits.device)
         tags = labels["tags"].to(out.tag_logits.device)
-        tag_loss = F.cross_entropy(out.tag_logits.reshape(-1, N_TAGS), tags.reshape(-1), weight, ignore_index=IGNORE)
+        if self.crf is not None:
+            tag_loss = self.crf_loss(out.tag_logits, tags)
+        else:
+            tag_loss = F.cross_entropy(
+                out.tag_logits.reshape(-1, N_TAGS), tags.reshape(-1), weight, ignore_index=IGNORE
+            )
         parts = {"tag": tag_loss.item()}
         total = tag_loss
         if out.attribute_logits is not None:
