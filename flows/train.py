@@ -2,15 +2,35 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
 from prefect import flow
 from prefect.artifacts import create_markdown_artifact
 
-from components.catalog import load_dataset
+from components.catalog import Dataset, load_dataset
 from components.registry import Registry
 from components.settings import get_settings
 from components.training.extraction import is_extraction_config, load_extraction_config, train_extraction
 from components.training.trainer import load_train_config, train
 from flows.common import artifact_key, current_flow_run_id, metrics_table
+
+
+@contextmanager
+def _train_run(config: str, parameters: dict, dataset: Dataset) -> Iterator[tuple[Registry, int, Path]]:
+    """A registry `train` run around one training (failed if the block raises): the registry, the
+    run's id and the folder the model is written to."""
+    with (
+        Registry() as registry,
+        registry.run(
+            "train",
+            {"config_file": str(config), **parameters},
+            dataset=(dataset.name, dataset.version),
+            flow_run_id=current_flow_run_id(),
+        ) as run_id,
+    ):
+        yield registry, run_id, get_settings().home / "runs" / str(run_id)
 
 
 @flow(name="train", log_prints=True)
@@ -24,16 +44,7 @@ def train_flow(config: str, dataset_dir: str, epochs: int | None = None) -> dict
         return _train_extraction(config, dataset_dir, epochs)
     cfg = load_train_config(config, **({"training": {"epochs": epochs}} if epochs else {}))
     dataset = load_dataset(dataset_dir)
-    with (
-        Registry() as registry,
-        registry.run(
-            "train",
-            {"config_file": str(config), **cfg.model_dump(mode="json")},
-            dataset=(dataset.name, dataset.version),
-            flow_run_id=current_flow_run_id(),
-        ) as run_id,
-    ):
-        out_dir = get_settings().home / "runs" / str(run_id)
+    with _train_run(config, cfg.model_dump(mode="json"), dataset) as (registry, run_id, out_dir):
         result = train(
             cfg, dataset, out_dir, on_epoch_end=lambda _, record: registry.log_epoch(run_id, record), progress=False
         )
@@ -59,16 +70,8 @@ def _train_extraction(config: str, dataset_dir: str, epochs: int | None) -> dict
     if epochs:
         cfg.training.epochs = epochs
     dataset = load_dataset(dataset_dir)
-    with (
-        Registry() as registry,
-        registry.run(
-            "train",
-            {"config_file": str(config), **cfg.model_dump(mode="json")},
-            dataset=(dataset.name, dataset.version),
-            flow_run_id=current_flow_run_id(),
-        ) as run_id,
-    ):
-        result = train_extraction(cfg, dataset, get_settings().home / "runs" / str(run_id), log=print)
+    with _train_run(config, cfg.model_dump(mode="json"), dataset) as (registry, run_id, out_dir):
+        result = train_extraction(cfg, dataset, out_dir, log=print)
         registry.finish_run(run_id, {"validation": result.validation, "thresholds": result.thresholds})
     m = result.validation["micro"]
     create_markdown_artifact(
