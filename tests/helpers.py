@@ -3,6 +3,14 @@
 from __future__ import annotations
 
 import csv
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 from PIL import Image
@@ -77,3 +85,62 @@ def predict_one(model_dir, title: str = "", description: str = "", image: str | 
 
     product = Product(title=title, description=description, image=load_image(image))
     return Predictor(model_dir).predict([product]).results[0]
+
+
+REPO = Path(__file__).resolve().parent.parent
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@contextmanager
+def bentoml_serve(service: str, env: dict[str, str], log_path: Path, ready_seconds: float = 240) -> Iterator[str]:
+    """A real `bentoml serve SERVICE` on a free localhost port, in its own process group: yields its
+    URL once /readyz answers 200 (fails the test with the server's log if it exits or is not ready
+    in time), and stops it afterwards."""
+    import httpx
+    import pytest
+
+    port = free_port()
+    env = {
+        **os.environ,
+        "HF_HUB_OFFLINE": "1",
+        "TRANSFORMERS_OFFLINE": "1",
+        "BENTOML_DO_NOT_TRACK": "True",
+        **env,
+    }
+    with log_path.open("wb") as log:
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "bentoml", "serve", service, "--port", str(port)],
+            cwd=REPO,
+            env=env,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
+    url = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + ready_seconds
+        while True:
+            if proc.poll() is not None:
+                pytest.fail(f"bentoml serve exited ({proc.returncode}):\n{log_path.read_text()[-5000:]}")
+            try:
+                if httpx.get(f"{url}/readyz", timeout=5).status_code == 200:
+                    break
+            except httpx.HTTPError:
+                pass
+            if time.monotonic() > deadline:
+                pytest.fail(f"bentoml serve not ready after {ready_seconds:.0f} s:\n{log_path.read_text()[-5000:]}")
+            time.sleep(0.5)
+        yield url
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGTERM)
+            try:
+                proc.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                os.killpg(proc.pid, signal.SIGKILL)
+                proc.wait()

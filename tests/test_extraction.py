@@ -599,14 +599,9 @@ def test_extraction_endpoint_answers_over_http(tmp_path):
     offsets, score and published over HTTP; a request without a title or with a broken image gets a 4xx."""
     import base64
     import io
-    import os
-    import signal
-    import socket
-    import subprocess
-    import sys
-    import time
 
     import httpx
+    from helpers import bentoml_serve
     from PIL import Image
 
     rows = [
@@ -619,38 +614,12 @@ def test_extraction_endpoint_answers_over_http(tmp_path):
     )
     model_dir = save_model(train_extractor(cfg, rows), tmp_path / "model")
     (model_dir / "thresholds.json").write_text(json.dumps({"brand": 0.0}))
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
     env = {
-        **os.environ,
         "ATTRFLOW_MODEL_DIR": str(model_dir),
         "ATTRFLOW_MODEL_NAME": "values",
-        "HF_HUB_OFFLINE": "1",
-        "BENTOML_DO_NOT_TRACK": "True",
         "BENTOML_HOME": str(tmp_path / "bentoml"),
     }
-    log = (tmp_path / "server.log").open("wb")
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "bentoml", "serve", "serving.extraction:ExtractionService", "--port", str(port)],
-        cwd=Path(__file__).resolve().parents[1],
-        env=env,
-        stdout=log,
-        stderr=subprocess.STDOUT,
-        start_new_session=True,
-    )
-    url = f"http://127.0.0.1:{port}"
-    try:
-        deadline = time.monotonic() + 180
-        while True:
-            assert proc.poll() is None, (tmp_path / "server.log").read_text()[-3000:]
-            try:
-                if httpx.get(f"{url}/readyz", timeout=5).status_code == 200:
-                    break
-            except httpx.HTTPError:
-                pass
-            assert time.monotonic() < deadline, (tmp_path / "server.log").read_text()[-3000:]
-            time.sleep(0.5)
+    with bentoml_serve("serving.extraction:ExtractionService", env, tmp_path / "server.log") as url:
         picture = io.BytesIO()
         Image.new("RGB", (40, 40), (200, 30, 30)).save(picture, format="PNG")
         title = "Truvo cotton shirt"
@@ -670,10 +639,3 @@ def test_extraction_endpoint_answers_over_http(tmp_path):
         assert 400 <= broken.status_code < 500 and "image" in broken.json()["error"]
         unknown = httpx.post(f"{url}/extract", json={"title": title, "colour": "red"}, timeout=60)
         assert 400 <= unknown.status_code < 500
-    finally:
-        os.killpg(proc.pid, signal.SIGTERM)
-        try:
-            proc.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            os.killpg(proc.pid, signal.SIGKILL)
-        log.close()

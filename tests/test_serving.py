@@ -13,12 +13,7 @@ import base64
 import contextlib
 import io
 import json
-import os
 import re
-import signal
-import socket
-import subprocess
-import sys
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -29,6 +24,7 @@ from pathlib import Path
 import httpx
 import numpy as np
 import pytest
+from helpers import bentoml_serve
 from PIL import Image
 
 from components.catalog import ingest, load_dataset, load_spec
@@ -331,18 +327,10 @@ def world(tmp_path_factory):
     return {"root": root, "home": home, "dataset": dataset, "dirs": {1: v1, 2: v2}}
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 @pytest.fixture(scope="module")
 def server(world):
     """`bentoml serve` in a subprocess (its own process group, ended at the end of the module)."""
-    port = _free_port()
     env = {
-        **os.environ,
         "ATTRFLOW_HOME": str(world["home"]),
         "ATTRFLOW_MODEL_NAME": MODEL,
         "ATTRFLOW_API_KEY": KEY,
@@ -350,44 +338,11 @@ def server(world):
         "ATTRFLOW_WORKERS": "1",  # /reload swaps at once only in the worker it reaches: these tests use it
         "ATTRFLOW_LOG_FLUSH_SECONDS": "0.3",
         **{f"ATTRFLOW_{k}": v for k, v in LIMITS.items()},
-        "HF_HUB_OFFLINE": "1",
-        "TRANSFORMERS_OFFLINE": "1",
-        "BENTOML_DO_NOT_TRACK": "True",
         "BENTOML_HOME": str(world["root"] / "bentoml"),
     }
     log_path = world["root"] / "server.log"
-    with log_path.open("wb") as log:
-        proc = subprocess.Popen(
-            [sys.executable, "-m", "bentoml", "serve", "serving.service:AttributeService", "--port", str(port)],
-            cwd=REPO,
-            env=env,
-            stdout=log,
-            stderr=subprocess.STDOUT,
-            start_new_session=True,
-        )
-    url = f"http://127.0.0.1:{port}"
-    try:
-        deadline = time.monotonic() + 240
-        while True:
-            if proc.poll() is not None:
-                pytest.fail(f"bentoml serve exited ({proc.returncode}):\n{log_path.read_text()[-5000:]}")
-            try:
-                if httpx.get(f"{url}/readyz", timeout=5).status_code == 200:
-                    break
-            except httpx.HTTPError:
-                pass
-            if time.monotonic() > deadline:
-                pytest.fail(f"bentoml serve not ready after 240 s:\n{log_path.read_text()[-5000:]}")
-            time.sleep(0.5)
+    with bentoml_serve("serving.service:AttributeService", env, log_path) as url:
         yield {"url": url, "log": log_path, **world}
-    finally:
-        if proc.poll() is None:
-            os.killpg(proc.pid, signal.SIGTERM)
-            try:
-                proc.wait(timeout=30)
-            except subprocess.TimeoutExpired:
-                os.killpg(proc.pid, signal.SIGKILL)
-                proc.wait()
 
 
 @pytest.fixture(scope="module")
