@@ -75,6 +75,17 @@ def tagger_row(model: ExtractionModel, test: list[SpanRow], sets: dict) -> dict:
     return {**score_rows(model, test, allowed=sets)["report"], "predict_seconds": time.time() - t0}
 
 
+def _trained_with(mdir: Path, cfg: ExtractionTrainConfig) -> bool:
+    """Whether `mdir` holds a model trained with exactly this config (--reuse never scores another)."""
+    if not (mdir / "config.json").is_file():
+        return False
+    same = load_meta(mdir).get("training") == cfg.training.model_dump(mode="json")
+    same = same and load_model(mdir).config == cfg.model
+    if not same:
+        log(f"{mdir}: trained with another config; training again")
+    return same
+
+
 def run_subset(subset: str, args, tokenizer) -> dict:
     edges = lambda text: token_edges(tokenizer, text)  # noqa: E731
     train = read_value_benchmark(DATA / subset / f"{args.train}.jsonl", edges, widen=not args.no_widen)
@@ -95,7 +106,9 @@ def run_subset(subset: str, args, tokenizer) -> dict:
     for name, (overrides, reuse) in ROWS.items():
         if args.rows and name not in args.rows:
             continue
-        mdir = MODELS / f"{subset}-{args.train}" / name
+        mdir = (
+            MODELS / args.out / f"{subset}-{args.train}" / name
+        )  # one folder per run: runs never overwrite each other
         cfg = ExtractionTrainConfig(
             model=ExtractionConfig(o_weight=args.o_weight, **overrides),
             training=ExtractionTrainingConfig(
@@ -111,7 +124,7 @@ def run_subset(subset: str, args, tokenizer) -> dict:
             model = models[reuse]
             model.config = cfg.model  # same weights, decoded through the attribute head
             seconds = 0.0
-        elif args.reuse and (mdir / "config.json").is_file():
+        elif args.reuse and _trained_with(mdir, cfg):
             model = load_model(mdir)  # type: ignore[assignment]
             seconds = load_meta(mdir).get("train_seconds", 0.0)
             # what training learns besides weights, recomputed from the same rows (models saved
@@ -121,7 +134,7 @@ def run_subset(subset: str, args, tokenizer) -> dict:
         else:
             model = train_extractor(cfg, train.accepted, log=lambda m, n=name: log(f"{subset} {n} {m}"))
             seconds = time.time() - t0
-            save_model(model, mdir, extra={"train_seconds": seconds})
+            save_model(model, mdir, extra={"train_seconds": seconds, "training": cfg.training.model_dump(mode="json")})
         models[name] = model
         res = tagger_row(model, test_rows, sets)
         res["train_seconds"] = seconds
