@@ -33,7 +33,7 @@ from components.evaluation.extraction_metrics import extraction_report  # noqa: 
 from components.models.dictionary import ValueDictionary  # noqa: E402
 from components.models.encoders import TextEncoder, TextEncoderConfig  # noqa: E402
 from components.models.io import load_meta, load_model, save_model  # noqa: E402
-from components.models.tagger import ExtractionConfig, ExtractionModel, token_edges  # noqa: E402
+from components.models.tagger import ExtractionConfig, ExtractionModel, ExtractionOutput, token_edges  # noqa: E402
 from components.training.extraction import (  # noqa: E402
     ExtractionTrainConfig,
     ExtractionTrainingConfig,
@@ -70,6 +70,29 @@ def dictionary_row(train: list[SpanRow], test: list[SpanRow], sets: dict) -> dic
     return {**extraction_report(test, preds, conf, spans), "seconds": time.time() - t0}
 
 
+class SeedEnsemble(torch.nn.Module):
+    """Models of one row trained with different seeds, decoded from their mean tag probabilities
+    (the learned span rules of the first; duck-types ExtractionModel for `extract`)."""
+
+    def __init__(self, members: list[ExtractionModel]):
+        super().__init__()
+        self.members = torch.nn.ModuleList(members)
+        first = members[0]
+        self.config, self.attributes, self.image_encoder = first.config, first.attributes, None
+        self.surface_forms, self.word_aligned = first.surface_forms, first.word_aligned
+
+    def tokenize(self, texts, categories):
+        return self.members[0].tokenize(texts, categories)
+
+    def transitions(self):
+        return None
+
+    def forward(self, batch) -> ExtractionOutput:
+        outs = [m(batch) for m in self.members]
+        mean = torch.stack([o.tag_logits.softmax(-1) for o in outs]).mean(0)
+        return ExtractionOutput(mean.clamp_min(1e-12).log(), outs[0].title_mask, None)
+
+
 def tagger_row(model: ExtractionModel, test: list[SpanRow], sets: dict) -> dict:
     t0 = time.time()
     return {**score_rows(model, test, allowed=sets)["report"], "predict_seconds": time.time() - t0}
@@ -103,17 +126,20 @@ def run_subset(subset: str, args, tokenizer) -> dict:
     out["rows"]["dictionary"] = dictionary_row(train.all_products(), test_rows, sets)
     log(f"{subset} dictionary: F1 {out['rows']['dictionary']['micro']['f1']:.4f}")
     models: dict[str, ExtractionModel] = {}
-    for name, (overrides, reuse) in ROWS.items():
+    for name, (overrides, reuse), seed in [(n, r, sd) for n, r in ROWS.items() for sd in args.seeds]:
         if args.rows and name not in args.rows:
             continue
-        mdir = (
-            MODELS / args.out / f"{subset}-{args.train}" / name
-        )  # one folder per run: runs never overwrite each other
+        if seed != args.seeds[0]:
+            if reuse:
+                continue  # decoding variants of another row: not ensembled
+            name = f"{name}-seed{seed}"
+        # one folder per run: runs never overwrite each other
+        mdir = MODELS / args.out / f"{subset}-{args.train}" / name
         cfg = ExtractionTrainConfig(
             model=ExtractionConfig(o_weight=args.o_weight, **overrides),
             training=ExtractionTrainingConfig(
                 epochs=args.epochs,
-                seed=args.seed,
+                seed=seed,
                 freeze_layers=args.freeze_layers,
                 lr_text=args.lr_text,
                 batch_size=args.batch_size,
@@ -143,6 +169,12 @@ def run_subset(subset: str, args, tokenizer) -> dict:
         log(
             f"{subset} {name}: F1 {res['micro']['f1']:.4f} P {res['micro']['precision']:.4f} R {res['micro']['recall']:.4f}"
         )
+    if len(args.seeds) > 1:  # each learned row's seeds together: mean tag probabilities
+        for name in [n for n, (_, reuse) in ROWS.items() if not reuse and n in models]:
+            members = [models[name]] + [models[f"{name}-seed{sd}"] for sd in args.seeds[1:]]
+            res = tagger_row(SeedEnsemble(members), test_rows, sets)  # type: ignore[arg-type]
+            out["rows"][f"{name} x{len(members)} seeds"] = res
+            log(f"{subset} {name} x{len(members)} seeds: F1 {res['micro']['f1']:.4f}")
     return out
 
 
@@ -196,7 +228,9 @@ def main() -> None:
     ap.add_argument("--o-weight", type=float, default=0.5, help="loss weight of O tags (1 = plain cross-entropy)")
     ap.add_argument("--lr-text", type=float, default=ExtractionTrainingConfig().lr_text, help="encoder learning rate")
     ap.add_argument("--batch-size", type=int, default=ExtractionTrainingConfig().batch_size)
-    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument(
+        "--seeds", default="0", help="comma-separated training seeds; several: also each row's seed ensemble"
+    )
     ap.add_argument("--freeze-layers", type=int, default=0)
     ap.add_argument("--no-widen", action="store_true", help="quarantine values found only inside a token")
     ap.add_argument("--reuse", action="store_true", help="load models saved by an earlier run")
@@ -205,6 +239,7 @@ def main() -> None:
     ap.add_argument("--no-doc", action="store_true", help="leave docs/results.md alone")
     args = ap.parse_args()
     args.rows = [r for r in args.rows.split(",") if r]
+    args.seeds = [int(x) for x in args.seeds.split(",")]
     torch.set_num_threads(max(1, min(args.threads, os.cpu_count() or 1)))
     tokenizer = TextEncoder(TextEncoderConfig()).tokenizer
     t0 = time.time()
@@ -214,6 +249,7 @@ def main() -> None:
         "epochs": args.epochs,
         "lr_text": args.lr_text,
         "batch_size": args.batch_size,
+        "seeds": args.seeds,
         "reused": args.reuse,
         "subsets": {s: run_subset(s, args, tokenizer) for s in args.subsets.split(",")},
     }
