@@ -122,14 +122,16 @@ def test_bad_training_config_gives_a_clear_error(tmp_path):
 def test_shipped_model_configs_are_valid():
     names = {p.stem for p in (REPO / "configs" / "models").glob("*.yaml")}
     assert {"text", "image", "concat", "modality_attention", "late", "cross_attention"} <= names
-    for name in names - {"extraction"}:
-        load_train_config(REPO / "configs" / "models" / f"{name}.yaml")
-    from components.training.extraction import load_extraction_config
+    from components.training.extraction import is_extraction_config, load_extraction_config
 
-    extraction = load_extraction_config(REPO / "configs" / "models" / "extraction.yaml")
-    assert (
-        extraction.model.frozen_text and extraction.model.global_visual_gate and extraction.model.regional_visual_gate
-    )
+    extraction = {n for n in names if is_extraction_config(REPO / "configs" / "models" / f"{n}.yaml")}
+    assert extraction == {"extraction", "extraction_text"}
+    for name in names - extraction:
+        load_train_config(REPO / "configs" / "models" / f"{name}.yaml")
+    gated = load_extraction_config(REPO / "configs" / "models" / "extraction.yaml")
+    assert gated.model.frozen_text and gated.model.global_visual_gate and gated.model.regional_visual_gate
+    text = load_extraction_config(REPO / "configs" / "models" / "extraction_text.yaml")
+    assert text.model.image is None and not text.model.frozen_text and text.model.category_input
 
 
 @pytest.mark.slow
