@@ -105,7 +105,7 @@ bench-serving: setup  ## BentoML endpoint vs in-process ceiling: throughput, lat
 # labels, M-JAVE's visual gates and the image-swap test and a low-resource curve (bench/extraction_fashion.py, ~35 minutes).
 bench-extraction: setup  ## value extraction vs GPT-4 on AE-110k and OA-Mine (bench/extraction.py; docs/results.md)
 	$(BIN)/python bench/extraction.py
-	$(BIN)/python bench/extraction.py --train train_0.2 --epochs 10 --rows tagger,tagger+head+kl,tagger+head+kl+range,tagger+head+kl+range+fill --out extraction-low
+	$(BIN)/python bench/extraction.py --train train_0.2 --epochs 10 --seeds 0 --out extraction-low
 	$(BIN)/python bench/extraction_fashion.py
 
 # Batch scoring in process vs local Ray vs a 2-node local cluster (equal cores), search trials per

@@ -12,7 +12,8 @@ located span, scored by the benchmarks' counting rule (NN/NV/VN/VC/VW, micro ove
 Rows, all on the quality benchmark's frozen encoders through its embedding cache (MiniLM token
 vectors, EfficientNet-Lite0 pooled vector and 12 regions per image): the dictionary baseline;
 the tagger (frozen text encoder + one trained transformer layer, text only); + the global visual
-gate; + both gates (M-JAVE); + the regional gate alone with --rows. Image awareness: each gated row evaluated again with
+gate; + both gates (M-JAVE); with --rows, the regional gate alone and both gates with ULS-DRAM's
+text-guided region selection (4 of the 12 regions). Image awareness: each gated row evaluated again with
 every test product's image swapped for another product's (a fixed derangement); the drop in value
 F1 is how much the row uses the image. Low-resource curve: the tagger and the gated row on 10%, 20% and
 50% of the train products. Writes bench/results/extraction_fashion.{json,md}.
@@ -55,6 +56,8 @@ GATES = {
     "tagger+global gate": {"global_visual_gate": True},
     "tagger+regional gate": {"regional_visual_gate": True},
     "tagger+both gates (M-JAVE)": {"global_visual_gate": True, "regional_visual_gate": True},
+    # ULS-DRAM's text-guided region selection: tokens attend to the 4 of 12 regions the title picks
+    "tagger+both gates+region selection": {"global_visual_gate": True, "regional_visual_gate": True, "region_top_k": 4},
 }
 
 

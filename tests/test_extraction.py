@@ -448,6 +448,35 @@ def test_visual_gates_shapes_and_products_without_an_image():
     assert not frozen.image_encoder.training and not frozen.text_encoder.training
 
 
+def test_text_guided_region_selection_attends_to_the_top_k_regions_the_text_picks():
+    """ULS-DRAM's selection: every token of a product attends to the same top_k regions (chosen by
+    the text, not by the token), another text can pick others, and the scorer gets gradients."""
+    from components.models.tagger import VisualGates
+
+    torch.manual_seed(0)
+    gates = VisualGates(8, image_dim=6, region_dim=5, global_gate=False, regional_gate=True, top_k=2)
+    h, regions = torch.randn(3, 7, 8), torch.randn(1, 6, 5).repeat(3, 1, 1)  # one image, three texts
+    texts = torch.randn(3, 8) * 5
+    r = gates.region_proj(regions)
+    attention = gates.region_attention(h, r, texts)
+    assert torch.allclose(attention.sum(-1), torch.ones(3, 7))
+    nonzero = attention > 0
+    assert (nonzero.sum(-1) == 2).all()
+    assert (nonzero == nonzero[:, :1]).all()  # the same regions for every token of a product
+    picked = {tuple(nonzero[b, 0].nonzero().flatten().tolist()) for b in range(3)}
+    assert len(picked) > 1  # the text decides which
+    gates(h, torch.randn(3, 6), regions, torch.ones(3, dtype=torch.bool), text=texts).sum().backward()
+    assert gates.select.weight.grad is not None and gates.select.weight.grad.abs().sum() > 0
+    with pytest.raises(ValueError, match="pooled text"):
+        gates(h, torch.randn(3, 6), regions, torch.ones(3, dtype=torch.bool))
+    with pytest.raises(ValueError, match="regional_visual_gate"):
+        ExtractionConfig(image=TINY_IMAGE, global_visual_gate=True, region_top_k=2)
+    model = _gated(region_top_k=1)  # through the model: the pooled text comes from the text encoder
+    batch = model.tokenize(["Acme red shirt", "blue bag"], ["Shirts", "Bags"])
+    out = model({**batch, "pixels": torch.rand(2, 3, 32, 32), "has_image": torch.tensor([True, False])})
+    assert out.tag_logits.shape[:2] == batch["input_ids"].shape
+
+
 def test_cached_encoder_outputs_give_the_same_tags_and_frozen_weights_are_not_saved(tmp_path):
     """The embedding cache's token vectors and image features stand in for the frozen encoders
     (the same tags), and a saved gated model leaves the frozen encoders' weights out but loads back equal."""

@@ -62,6 +62,9 @@ class ExtractionConfig(BaseModel):
     image: ImageEncoderConfig | None = None
     global_visual_gate: bool = False
     regional_visual_gate: bool = False
+    # ULS-DRAM's text-guided region selection (needs the regional gate): the text scores each image
+    # region, tokens attend only to the `region_top_k` best, weighted by that score.
+    region_top_k: int | None = Field(None, ge=1)
 
     @model_validator(mode="after")
     def _needs_head(self) -> ExtractionConfig:
@@ -69,6 +72,8 @@ class ExtractionConfig(BaseModel):
             raise ValueError("lambda_kl, range_minimisation and fill_accepted need attribute_head: true")
         if (self.global_visual_gate or self.regional_visual_gate) and self.image is None:
             raise ValueError("global_visual_gate and regional_visual_gate need an image encoder (image: {...})")
+        if self.region_top_k is not None and not self.regional_visual_gate:
+            raise ValueError("region_top_k selects regions for the regional gate: it needs regional_visual_gate: true")
         return self
 
     @property
@@ -115,6 +120,7 @@ class ExtractionModel(nn.Module):
                 self.image_encoder.token_dim,
                 config.global_visual_gate,
                 config.regional_visual_gate,
+                config.region_top_k,
             )
         self.tagger = nn.Linear(d, n * N_TAGS)
         self.crf = CRF(N_TAGS, batch_first=True) if config.crf else None
@@ -198,7 +204,7 @@ class ExtractionModel(nn.Module):
         if self.context is not None:
             h = self.context(h, src_key_padding_mask=~batch["attention_mask"].bool())
         if self.gates is not None:
-            h = self.gates(h, *self.image_inputs(batch, len(h)))
+            h = self.gates(h, *self.image_inputs(batch, len(h)), text=pooled)
         bsz, T, _ = h.shape
         logits = self.tagger(h).view(bsz, T, len(self.attributes), N_TAGS)
         attr = self.attribute_head(self.dropout(pooled)) if self.attribute_head is not None else None
@@ -265,10 +271,23 @@ class ExtractionModel(nn.Module):
 class VisualGates(nn.Module):
     """M-JAVE's gates. Global: h + g * W v (g = sigmoid(W_g [h; W v]) per token and dimension).
     Regional: each token attends to the image's regions (scaled dot product), c = the attended
-    regions, h + g_r * c with g_r = sigmoid(W_r [h; c]). Both are zero for products without an image."""
+    regions, h + g_r * c with g_r = sigmoid(W_r [h; c]). Both are zero for products without an image.
+    With `top_k` (ULS-DRAM's text-guided region selection), the pooled text scores each region,
+    s = (W_s t) . r, tokens attend only to the top_k regions, and log sigmoid(s) is added to their
+    attention logits so that the scorer learns which regions the text is about."""
 
-    def __init__(self, d: int, image_dim: int, region_dim: int, global_gate: bool, regional_gate: bool):
+    def __init__(
+        self,
+        d: int,
+        image_dim: int,
+        region_dim: int,
+        global_gate: bool,
+        regional_gate: bool,
+        top_k: int | None = None,
+    ):
         super().__init__()
+        self.top_k = top_k
+        self.select = nn.Linear(d, d) if regional_gate and top_k else None
         self.global_proj = nn.Sequential(nn.LayerNorm(image_dim), nn.Linear(image_dim, d)) if global_gate else None
         self.global_gate = nn.Linear(2 * d, d) if global_gate else None
         self.region_proj = nn.Sequential(nn.LayerNorm(region_dim), nn.Linear(region_dim, d)) if regional_gate else None
@@ -277,7 +296,12 @@ class VisualGates(nn.Module):
         self.scale = d**-0.5
 
     def forward(
-        self, h: torch.Tensor, image: torch.Tensor, regions: torch.Tensor, has_image: torch.Tensor
+        self,
+        h: torch.Tensor,
+        image: torch.Tensor,
+        regions: torch.Tensor,
+        has_image: torch.Tensor,
+        text: torch.Tensor | None = None,
     ) -> torch.Tensor:
         present = has_image.to(h.dtype)[:, None, None]
         if self.global_proj is not None:
@@ -285,10 +309,21 @@ class VisualGates(nn.Module):
             h = h + present * torch.sigmoid(self.global_gate(torch.cat([h, v], -1))) * v
         if self.region_proj is not None:
             r = self.region_proj(regions)  # (B, R, d)
-            attention = (self.query(h) @ r.transpose(1, 2) * self.scale).softmax(-1)  # (B, T, R)
-            c = attention @ r
+            c = self.region_attention(h, r, text) @ r
             h = h + present * torch.sigmoid(self.regional_gate(torch.cat([h, c], -1))) * c
         return h
+
+    def region_attention(self, h: torch.Tensor, r: torch.Tensor, text: torch.Tensor | None) -> torch.Tensor:
+        """(B, T, R): each token's attention over the projected regions `r`."""
+        logits = self.query(h) @ r.transpose(1, 2) * self.scale
+        if self.select is not None:
+            if text is None:
+                raise ValueError("text-guided region selection needs the pooled text vector (text=)")
+            score = (self.select(text)[:, None, :] * r).sum(-1) * self.scale  # (B, R)
+            chosen = score.topk(min(self.top_k, r.shape[1]), -1).indices
+            keep = torch.zeros_like(score, dtype=torch.bool).scatter_(1, chosen, True)
+            logits = (logits + F.logsigmoid(score)[:, None, :]).masked_fill(~keep[:, None, :], float("-inf"))
+        return logits.softmax(-1)
 
 
 def cached_inputs(features: dict[str, torch.Tensor], index, length: int) -> dict[str, torch.Tensor]:
