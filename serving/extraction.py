@@ -4,13 +4,17 @@
 
     POST /extract   one product, JSON {id?, title, image?} (the image as base64): the values found
                     in its title, each with its character offsets, score and `published` flag
-    GET  /livez /readyz /metrics
+    POST /reload    take the registry's production version now (else on the next poll)
+    GET  /model     the model being served; GET /livez /readyz /metrics
 
 The model is the registry's production version of ATTRFLOW_MODEL_NAME (an extraction model, see
-configs/models/extraction.yaml), or the folder ATTRFLOW_MODEL_DIR. Requests are checked as the
-classification endpoint checks them (serving/schemas.py): a bad request gets a 4xx naming the
-field. ATTRFLOW_API_KEY: the same bearer-key check. Not yet here: hot swap on promotion, batching
-of concurrent requests, the prediction log (serving/service.py has them for classifiers).
+configs/models/extraction.yaml), or the folder ATTRFLOW_MODEL_DIR. As in the classification
+endpoint, serving/holder.py's `ModelHolder` follows the registry (every ATTRFLOW_POLL_SECONDS, and
+on /reload) and swaps in a promoted version only once it is loaded and warmed up, and concurrent
+requests are extracted together (serving/batching.py, up to ATTRFLOW_BATCH_MAX_SIZE products a
+pass). Requests are checked as the classification endpoint checks them (serving/schemas.py): a
+bad request gets a 4xx naming the field. ATTRFLOW_API_KEY: the same bearer-key check. Not yet
+here: the prediction log (serving/service.py has it for classifiers).
 """
 
 from __future__ import annotations
@@ -18,15 +22,19 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+import anyio
 import bentoml
+from fastapi import FastAPI
+from PIL import Image
 from pydantic import BaseModel
 from starlette.responses import JSONResponse
 
 from components.inference.extraction import ValueExtractor
 from components.inference.inputs import InvalidProduct, decode_image
-from components.registry import Registry
 from serving.auth import BearerAuth
-from serving.schemas import ProductInput, RequestProblem, serving_settings
+from serving.batching import NaturalBatcher
+from serving.holder import LoadedModel, ModelHolder, NoModel
+from serving.schemas import ModelInfo, ProductInput, ReloadResponse, RequestProblem, serving_settings
 
 SETTINGS = serving_settings()
 
@@ -47,26 +55,43 @@ class ExtractResponse(BaseModel):
     values: list[ExtractedValue]
 
 
-def _model_dir() -> tuple[Path, dict[str, Any]]:
-    if SETTINGS.model_dir is not None:
-        return SETTINGS.model_dir, {"name": SETTINGS.model_name, "version": None, "dir": str(SETTINGS.model_dir)}
-    with Registry() as registry:
-        production = registry.get_production(SETTINGS.model_name)
-    if production is None:
-        raise RuntimeError(f"model {SETTINGS.model_name!r} has no production version (ATTRFLOW_MODEL_NAME)")
-    info = {"name": SETTINGS.model_name, "version": production.version, "dir": str(production.artifact_dir)}
-    return Path(production.artifact_dir), info
+class ExtractorHolder(ModelHolder):
+    """The classification endpoint's holder (registry polling, hot swap, /reload) around a
+    `ValueExtractor` instead of a `Predictor`."""
+
+    def _open(self, model_dir: Path) -> tuple[ValueExtractor, dict[str, Any]]:
+        extractor = ValueExtractor(model_dir)
+        extractor(["warm up"])  # first-call costs paid before the swap, not by the next request
+        encoder = extractor.model.image_encoder
+        size = None if encoder is None else tuple(reversed(encoder.config.image_size))
+        return extractor, {"attributes": extractor.model.attributes, "image_size": size}
 
 
+# GET /model: BentoML APIs are POST only (as in serving/service.py)
+routes = FastAPI(title="attrflow extraction", docs_url=None, redoc_url=None, openapi_url=None)
+
+
+@bentoml.asgi_app(routes, path="/")
 @bentoml.service(name="attrflow_extraction", http={"host": "127.0.0.1", "port": 3000})
 class ExtractionService:
     def __init__(self) -> None:
-        model_dir, self.info = _model_dir()
-        self.extractor = ValueExtractor(model_dir)
+        self.holder = ExtractorHolder(SETTINGS)
+        self.holder.start()  # loads and warms up the model (or logs why not), then polls the registry
+        self.batcher = NaturalBatcher(self._extract_batch, SETTINGS.batch_max_size)
         self.limits = SETTINGS.limits()
 
+    def __is_ready__(self) -> bool:
+        return self.holder.current is not None
+
+    def _extract_batch(self, items: list[tuple[str, Image.Image | None]]) -> list[tuple[LoadedModel, list[dict]]]:
+        model = self.holder.current  # read once: a swap during this batch does not affect it
+        if model is None:
+            raise NoModel(self.holder.last_error or "no model loaded")
+        found = model.predictor([title for title, _ in items], [image for _, image in items])
+        return [(model, values) for values in found]
+
     @bentoml.api(route="/extract")
-    def extract(self, product: ProductInput, /) -> ExtractResponse:
+    async def extract(self, product: ProductInput, /) -> ExtractResponse:
         """The values written in one product's title: `{"id", "title", "image"}` (image: base64)."""
         if product.problem is not None:
             return _refuse(product.problem)  # type: ignore[return-value]
@@ -76,8 +101,31 @@ class ExtractionService:
             image = decode_image(product.image, self.limits, "image") if product.image else None
         except InvalidProduct as e:
             return _refuse(RequestProblem(status=422, error=str(e)))  # type: ignore[return-value]
-        [values] = self.extractor([product.title], [image])
-        return ExtractResponse(id=product.id, model=self.info, values=[ExtractedValue(**v) for v in values])
+        try:
+            [(model, values)] = await self.batcher([(product.title, image)])
+        except NoModel as e:
+            return _refuse(RequestProblem(status=503, error=f"model unavailable: {e}; retry later"))  # type: ignore[return-value]
+        info = model.info
+        served = {"name": info.name, "version": info.version, "dir": str(model.target.model_dir)}
+        return ExtractResponse(id=product.id, model=served, values=[ExtractedValue(**v) for v in values])
+
+    @bentoml.api(route="/reload")
+    async def reload(self) -> ReloadResponse:
+        """Check the registry now and, if its production version changed, load it and swap to it."""
+        try:  # in a thread: requests keep being answered by the old model while the new one loads
+            changed = await anyio.to_thread.run_sync(self.holder.check, True)
+        except NoModel:
+            changed = False
+        return ReloadResponse(changed=changed, model=self.holder.info())
+
+    @routes.get("/model", response_model=ModelInfo)
+    async def model(self) -> ModelInfo:
+        """The model being served: name, version, attributes, metrics, when it was promoted."""
+        return self.holder.info()
+
+    @bentoml.on_shutdown
+    def shutdown(self) -> None:
+        self.holder.stop()
 
 
 def _refuse(problem: RequestProblem) -> JSONResponse:

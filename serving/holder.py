@@ -58,7 +58,7 @@ class Target:
 @dataclass(frozen=True)
 class LoadedModel:
     target: Target
-    predictor: Predictor
+    predictor: Predictor  # or, in the extraction endpoint, a ValueExtractor
     info: ModelInfo
 
 
@@ -174,26 +174,31 @@ class ModelHolder:
         return f"{name}{version} from {target.model_dir}"
 
     def _load(self, target: Target) -> LoadedModel:
-        from components.inference.predictor import Predictor
-
-        predictor = Predictor(target.model_dir, limits=self.limits)
-        predictor.warmup()  # first-call costs paid here, not by the first requests after the swap
-        h, w = predictor.model.image_encoder.config.image_size
+        predictor, details = self._open(target.model_dir)
         record = target.record
         info = ModelInfo(
             loaded=True,
             name=target.name or self.settings.model_name,
             version=target.version,
             source=target.source,
-            fusion=predictor.fusion,
-            attributes=predictor.attributes,
             metrics=record.metrics if record is not None else _folder_metrics(target.model_dir),
             promoted_at=record.promoted_at if record is not None else None,
             created_at=record.created_at if record is not None else None,
             loaded_at=datetime.now(UTC),
-            image_size=(w, h),
+            **details,
         )
         return LoadedModel(target, predictor, info)
+
+    def _open(self, model_dir: Path) -> tuple[Any, dict[str, Any]]:
+        """The model to score with, warmed up, and what ModelInfo says about it (`fusion`,
+        `attributes`, `image_size`). Here a classifier's `Predictor`; the extraction endpoint's
+        holder opens a `ValueExtractor` (serving/extraction.py)."""
+        from components.inference.predictor import Predictor
+
+        predictor = Predictor(model_dir, limits=self.limits)
+        predictor.warmup()  # first-call costs paid here, not by the first requests after the swap
+        h, w = predictor.model.image_encoder.config.image_size
+        return predictor, {"fusion": predictor.fusion, "attributes": predictor.attributes, "image_size": (w, h)}
 
     # --- serving ---
 

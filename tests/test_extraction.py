@@ -624,14 +624,19 @@ def test_cli_trains_evaluates_and_predicts_an_extraction_model(tmp_path):
 
 
 def test_extraction_endpoint_answers_over_http(tmp_path):
-    """A real `bentoml serve serving.extraction:ExtractionService` on a trained tiny model: values with
-    offsets, score and published over HTTP; a request without a title or with a broken image gets a 4xx."""
+    """A real `bentoml serve serving.extraction:ExtractionService` on the registry's production
+    version of a trained tiny model: values with offsets, score and published over HTTP; concurrent
+    requests answered alike; a promotion taken by POST /reload (hot swap); a request without a title
+    or with a broken image gets a 4xx."""
     import base64
     import io
+    from concurrent.futures import ThreadPoolExecutor
 
     import httpx
     from helpers import bentoml_serve
     from PIL import Image
+
+    from components.registry import Registry
 
     rows = [
         SpanRow(str(i), f"{b} cotton shirt", "all", {"brand": [b]}, [Span(0, len(b), "brand")])
@@ -643,9 +648,12 @@ def test_extraction_endpoint_answers_over_http(tmp_path):
     )
     model_dir = save_model(train_extractor(cfg, rows), tmp_path / "model")
     (model_dir / "thresholds.json").write_text(json.dumps({"brand": 0.0}))
+    with Registry() as registry:  # the test's own ATTRFLOW_HOME, which the server inherits
+        run_id = registry.start_run("train", {})
+        registry.promote("values", registry.register_model_version("values", run_id, model_dir, {}, {}).version)
     env = {
-        "ATTRFLOW_MODEL_DIR": str(model_dir),
         "ATTRFLOW_MODEL_NAME": "values",
+        "ATTRFLOW_POLL_SECONDS": "0",  # swaps only on /reload, so the test knows when
         "BENTOML_HOME": str(tmp_path / "bentoml"),
     }
     with bentoml_serve("serving.extraction:ExtractionService", env, tmp_path / "server.log") as url:
@@ -659,9 +667,27 @@ def test_extraction_endpoint_answers_over_http(tmp_path):
         )
         assert ok.status_code == 200, ok.text
         body = ok.json()
-        assert body["id"] == "p1" and body["model"]["name"] == "values"
+        assert body["id"] == "p1" and body["model"]["name"] == "values" and body["model"]["version"] == 1
         [brand] = [v for v in body["values"] if v["attribute"] == "brand"]
         assert title[brand["start"] : brand["end"]] == brand["text"] == "Truvo" and brand["published"] is True
+        info = httpx.get(f"{url}/model", timeout=60).json()
+        assert info["version"] == 1 and info["attributes"] == ["brand"] and info["image_size"] == [32, 32]
+
+        titles = [f"{b} cotton shirt" for b in ["Acme", "Zorbo", "Kelvix", "Truvo"] * 4]
+        with ThreadPoolExecutor(8) as pool:  # answered together (batched) and each like on its own
+            answers = list(pool.map(lambda t: httpx.post(f"{url}/extract", json={"title": t}, timeout=60), titles))
+        assert all(a.status_code == 200 for a in answers)
+        alone = {t: httpx.post(f"{url}/extract", json={"title": t}, timeout=60).json()["values"] for t in set(titles)}
+        assert all(a.json()["values"] == alone[t] for a, t in zip(answers, titles, strict=True))
+
+        with Registry() as registry:  # a promotion: served after /reload, without a restart
+            run_id = registry.start_run("train", {})
+            v2 = registry.register_model_version("values", run_id, model_dir, {}, {}).version
+            registry.promote("values", v2)
+        reloaded = httpx.post(f"{url}/reload", timeout=120).json()
+        assert reloaded["changed"] is True and reloaded["model"]["version"] == v2 == 2
+        assert httpx.post(f"{url}/extract", json={"title": title}, timeout=60).json()["model"]["version"] == 2
+
         empty = httpx.post(f"{url}/extract", json={"title": " "}, timeout=60)
         assert empty.status_code == 422 and "title" in empty.json()["error"]
         broken = httpx.post(f"{url}/extract", json={"title": title, "image": "bm90IGFuIGltYWdl"}, timeout=60)
