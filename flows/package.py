@@ -4,7 +4,8 @@ The version's folder goes into BentoML's model store as `attrflow-<name>:v<versi
 versions are immutable); the Bento takes its service, code and Python packages from
 `serving/bentofile.yaml` (`lock_packages: false`, so nothing is resolved online), references
 that model and sets ATTRFLOW_BENTO_MODEL, so the service in the Bento serves exactly that
-version. `bentoml containerize <tag>` turns it into an image where Docker exists.
+version. The service is the endpoint of the model's task: the classification endpoint, or the
+extraction one for an extraction model. `bentoml containerize <tag>` turns it into an image where Docker exists.
 """
 
 from __future__ import annotations
@@ -22,6 +23,11 @@ from components.registry import Registry, RegistryError
 from flows.common import artifact_key
 
 BENTOFILE = Path(__file__).resolve().parent.parent / "serving" / "bentofile.yaml"
+# The endpoint of each kind of model (components.models.io.model_task); bentofile.yaml names the first.
+SERVICES = {
+    "classification": "serving.service:AttributeService",
+    "extraction": "serving.extraction:ExtractionService",
+}
 
 
 def bento_name(model_name: str) -> str:
@@ -47,11 +53,13 @@ def store_model(model_name: str, version: int, artifact_dir: str) -> str:
 
 
 @task
-def build_bento(model_name: str, version: int, model_tag: str) -> str:
-    """serving/bentofile.yaml plus this model, its name and version: built from a copy of that file."""
+def build_bento(model_name: str, version: int, model_tag: str, task: str = "classification") -> str:
+    """serving/bentofile.yaml plus this model, its name and version, and the endpoint of its task:
+    built from a copy of that file."""
     import bentoml
 
     options = yaml.safe_load(BENTOFILE.read_text())
+    options["service"] = SERVICES[task]
     options["models"] = [*options.get("models", []), model_tag]
     options["envs"] = [
         *options.get("envs", []),
@@ -75,11 +83,9 @@ def package_flow(model_name: str) -> dict:
         production = registry.get_production(model_name)
     if production is None:
         raise RegistryError(f"model {model_name!r} has no production version to package")
-    if model_task(production.artifact_dir) == "extraction":  # the endpoint serves classifiers only (so far)
-        raise RegistryError(f"model {model_name!r} v{production.version} is an extraction model: not served yet")
     model_tag = store_model(model_name, production.version, production.artifact_dir)
     bento_tag = _existing_bento(model_name, production.version) or build_bento(
-        model_name, production.version, model_tag
+        model_name, production.version, model_tag, model_task(production.artifact_dir)
     )
     create_markdown_artifact(
         f"# Bento for {model_name} v{production.version}\n\n"

@@ -5,7 +5,6 @@ from __future__ import annotations
 from prefect import flow
 from prefect.artifacts import create_markdown_artifact
 
-from components.models.io import model_task
 from components.registry import Registry
 from components.tuning import load_search
 from flows.common import artifact_key
@@ -59,9 +58,7 @@ def pipeline_flow(
         )
     with Registry() as registry:
         production = registry.get_production(name)
-    # The endpoint serves classifiers; an extraction model is registered but not packaged (yet).
-    servable = production is not None and model_task(production.artifact_dir) != "extraction"
-    bento = package_flow(name)["bento"] if package and servable and any(c["promoted"] for c in candidates) else None
+    bento = package_flow(name)["bento"] if package and any(c["promoted"] for c in candidates) else None
     rows = "\n".join(
         f"| v{c['version']} | {c['fusion']} | {c['metrics']['f1_macro_mean']:.3f} | {c['metrics']['r_at_p95_mean']:.3f} | "
         f"{'promoted' if c['promoted'] else 'candidate'} |"

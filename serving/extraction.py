@@ -8,7 +8,8 @@
     GET  /model     the model being served; GET /livez /readyz /metrics
 
 The model is the registry's production version of ATTRFLOW_MODEL_NAME (an extraction model, see
-configs/models/extraction.yaml), or the folder ATTRFLOW_MODEL_DIR. As in the classification
+configs/models/extraction.yaml), the folder ATTRFLOW_MODEL_DIR, or the model of the Bento this
+runs from (the `package` flow's; serving/stored.py). As in the classification
 endpoint, serving/holder.py's `ModelHolder` follows the registry (every ATTRFLOW_POLL_SECONDS, and
 on /reload) and swaps in a promoted version only once it is loaded and warmed up, and concurrent
 requests are extracted together (serving/batching.py, up to ATTRFLOW_BATCH_MAX_SIZE products a
@@ -35,6 +36,7 @@ from serving.auth import BearerAuth
 from serving.batching import NaturalBatcher
 from serving.holder import LoadedModel, ModelHolder, NoModel
 from serving.schemas import ModelInfo, ProductInput, ReloadResponse, RequestProblem, serving_settings
+from serving.stored import pinned_model
 
 SETTINGS = serving_settings()
 
@@ -75,7 +77,7 @@ routes = FastAPI(title="attrflow extraction", docs_url=None, redoc_url=None, ope
 @bentoml.service(name="attrflow_extraction", http={"host": "127.0.0.1", "port": 3000})
 class ExtractionService:
     def __init__(self) -> None:
-        self.holder = ExtractorHolder(SETTINGS)
+        self.holder = ExtractorHolder(SETTINGS, pinned=pinned_model(SETTINGS, ExtractionService))
         self.holder.start()  # loads and warms up the model (or logs why not), then polls the registry
         self.batcher = NaturalBatcher(self._extract_batch, SETTINGS.batch_max_size)
         self.limits = SETTINGS.limits()

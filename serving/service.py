@@ -55,7 +55,6 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from functools import lru_cache
 from http import HTTPStatus
-from pathlib import Path
 from types import SimpleNamespace
 from typing import Annotated, Any
 from uuid import uuid4
@@ -77,7 +76,7 @@ from components.settings import get_settings
 from serving.auth import BearerAuth
 from serving.batching import NaturalBatcher
 from serving.by_id import ByIdResponse, IdPrediction, OnlineScorer
-from serving.holder import ModelHolder, NoModel, Target
+from serving.holder import ModelHolder, NoModel
 from serving.schemas import (
     BatchInput,
     BatchResponse,
@@ -93,6 +92,7 @@ from serving.schemas import (
     Text,
     serving_settings,
 )
+from serving.stored import pinned_model
 
 log = logging.getLogger("bentoml.attrflow")  # under "bentoml": BentoML shows these in the server log
 SETTINGS = serving_settings()  # read at import: the services' configuration depends on it
@@ -152,7 +152,7 @@ class Scorer:
             SETTINGS,
             on_swap=lambda _info: self.metrics.swaps.inc(),
             on_load_failure=self.metrics.load_failures.inc,
-            pinned=_pinned_model(),
+            pinned=pinned_model(SETTINGS, Scorer),
         )
         self.holder.start()  # loads and warms up the model (or logs why not), then polls the registry
         # Concurrent calls are scored together, one forward pass at a time (serving/batching.py).
@@ -462,32 +462,6 @@ class _Invalid(Exception):
     def __init__(self, messages: list[str]) -> None:
         super().__init__(messages[0])
         self.messages = messages
-
-
-def _pinned_model() -> Target | None:
-    """The model to serve instead of following the registry: ATTRFLOW_BENTO_MODEL (a tag in
-    BentoML's model store), else ATTRFLOW_MODEL_DIR (a folder, see ModelHolder), else, when this
-    runs from a Bento with one attrflow model in it (the `package` flow's), that model. A Bento's
-    build-time envs reach containers only, not `bentoml serve <bento>`, hence the last one."""
-    if SETTINGS.bento_model:
-        return _stored_model(SETTINGS.bento_model)
-    if SETTINGS.model_dir is not None:
-        return None
-    bento = getattr(Scorer, "bento", None)  # set by BentoML when the service is loaded from a Bento
-    tags = [bentoml.Tag.from_taglike(m.tag) for m in bento.info.all_models] if bento else []
-    packed = [str(tag) for tag in tags if tag.name.startswith("attrflow-")]
-    return _stored_model(packed[0]) if len(packed) == 1 else None
-
-
-def _stored_model(tag: str) -> Target:
-    stored = bentoml.models.get(tag)
-    version = stored.info.metadata.get("version")
-    return Target(
-        "bento",
-        Path(stored.path),
-        int(version) if version is not None else None,
-        name=stored.info.labels.get("attrflow_model"),  # the registry name, as the package flow labels it
-    )
 
 
 def _vector(data: bytes | None) -> np.ndarray | None:

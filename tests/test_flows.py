@@ -218,7 +218,6 @@ def test_pipeline_registers_extraction_models_with_the_promotion_rule(prefect_se
     state = pipeline_flow(str(spec), configs, model_name="extract", return_state=True)
     assert state.is_completed(), state
     result = state.result()
-    assert result["bento"] is None  # the endpoint serves classifiers only
     registry = Registry()
     v1, v2 = (registry.get_model_version("extract", v) for v in (1, 2))
     assert v1.metrics["task"] == "extraction" and set(v1.metrics["per_attribute"]) == {"category", "pattern"}
@@ -228,3 +227,21 @@ def test_pipeline_registers_extraction_models_with_the_promotion_rule(prefect_se
     assert cmp["candidate"] == pytest.approx(v2.metrics["r_at_p95_mean"])
     assert cmp["production"] == pytest.approx(v1.metrics["r_at_p95_mean"])
     assert registry.get_production("extract").version == (2 if cmp["interval"][0] > -cmp["margin"] else 1)
+    production = registry.get_production("extract")
+    # packaged too: a Bento of the extraction endpoint and the production version, served as it is
+    import bentoml
+    import httpx
+    from helpers import bentoml_serve
+
+    assert result["bento"] == f"attrflow-extract:v{production.version}"
+    assert bentoml.bentos.get(result["bento"]).info.service == "serving.extraction:ExtractionService"
+    env = {"ATTRFLOW_POLL_SECONDS": "0"}
+    with bentoml_serve(result["bento"], env, tmp_path / "bento.log") as url:
+        assert httpx.get(f"{url}/model", timeout=60).json()["version"] == production.version
+        answer = httpx.post(f"{url}/extract", json={"title": "Lumen Sporty striped skirt"}, timeout=60)
+        assert answer.status_code == 200, answer.text
+        assert answer.json()["model"] == {
+            "name": "extract",
+            "version": production.version,
+            "dir": str(bentoml.models.get(f"attrflow-extract:v{production.version}").path),
+        }
