@@ -14,14 +14,19 @@ endpoint, serving/holder.py's `ModelHolder` follows the registry (every ATTRFLOW
 on /reload) and swaps in a promoted version only once it is loaded and warmed up, and concurrent
 requests are extracted together (serving/batching.py, up to ATTRFLOW_BATCH_MAX_SIZE products a
 pass). Requests are checked as the classification endpoint checks them (serving/schemas.py): a
-bad request gets a 4xx naming the field. ATTRFLOW_API_KEY: the same bearer-key check. Not yet
-here: the prediction log (serving/service.py has it for classifiers).
+bad request gets a 4xx naming the field. ATTRFLOW_API_KEY: the same bearer-key check. Every
+answer goes to the prediction log (components.inference.prediction_log, as for classifiers: the
+input summary, and per extracted value its attribute, value, score and `published`), unless
+ATTRFLOW_LOG_PREDICTIONS=false.
 """
 
 from __future__ import annotations
 
+import logging
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
+from uuid import uuid4
 
 import anyio
 import bentoml
@@ -31,7 +36,9 @@ from pydantic import BaseModel
 from starlette.responses import JSONResponse
 
 from components.inference.extraction import ValueExtractor
-from components.inference.inputs import InvalidProduct, decode_image
+from components.inference.inputs import InvalidProduct, Product, decode_image
+from components.inference.prediction_log import PredictionLogWriter, input_summary, log_row
+from components.settings import get_settings
 from serving.auth import BearerAuth
 from serving.batching import NaturalBatcher
 from serving.holder import LoadedModel, ModelHolder, NoModel
@@ -39,6 +46,7 @@ from serving.schemas import ModelInfo, ProductInput, ReloadResponse, RequestProb
 from serving.stored import pinned_model
 
 SETTINGS = serving_settings()
+log = logging.getLogger("bentoml.attrflow")
 
 
 class ExtractedValue(BaseModel):
@@ -81,6 +89,13 @@ class ExtractionService:
         self.holder.start()  # loads and warms up the model (or logs why not), then polls the registry
         self.batcher = NaturalBatcher(self._extract_batch, SETTINGS.batch_max_size)
         self.limits = SETTINGS.limits()
+        self.writer: PredictionLogWriter | None = None
+        if SETTINGS.log_predictions:
+            self.writer = PredictionLogWriter(
+                get_settings().home / "predictions",
+                flush_seconds=SETTINGS.log_flush_seconds,
+                max_queue_rows=SETTINGS.log_queue_rows,
+            )
 
     def __is_ready__(self) -> bool:
         return self.holder.current is not None
@@ -109,7 +124,31 @@ class ExtractionService:
             return _refuse(RequestProblem(status=503, error=f"model unavailable: {e}; retry later"))  # type: ignore[return-value]
         info = model.info
         served = {"name": info.name, "version": info.version, "dir": str(model.target.model_dir)}
+        self._log(product, image, info, values)
         return ExtractResponse(id=product.id, model=served, values=[ExtractedValue(**v) for v in values])
+
+    def _log(self, product: ProductInput, image: Image.Image | None, info: ModelInfo, values: list[dict]) -> None:
+        """Queue the answer's log row; never fails the request."""
+        if self.writer is None:
+            return
+        try:
+            attributes: dict[str, Any] = {}
+            for v in values:
+                attributes.setdefault(v["attribute"], {"values": []})["values"].append(v)
+            row = log_row(
+                request_id=uuid4().hex,
+                product_index=0,
+                product_id=product.id,
+                time=datetime.now(UTC),
+                model_name=info.name,
+                model_version=info.version,
+                summary=input_summary(Product(title=product.title, image=image)),
+                attributes=attributes,
+            )
+        except Exception:
+            log.exception("prediction log: could not build the row of product %s", product.id)
+            return
+        self.writer.append([row])
 
     @bentoml.api(route="/reload")
     async def reload(self) -> ReloadResponse:
@@ -128,6 +167,8 @@ class ExtractionService:
     @bentoml.on_shutdown
     def shutdown(self) -> None:
         self.holder.stop()
+        if self.writer is not None:
+            self.writer.close()
 
 
 def _refuse(problem: RequestProblem) -> JSONResponse:

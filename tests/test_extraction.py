@@ -627,7 +627,7 @@ def test_extraction_endpoint_answers_over_http(tmp_path):
     """A real `bentoml serve serving.extraction:ExtractionService` on the registry's production
     version of a trained tiny model: values with offsets, score and published over HTTP; concurrent
     requests answered alike; a promotion taken by POST /reload (hot swap); a request without a title
-    or with a broken image gets a 4xx."""
+    or with a broken image gets a 4xx; every answer is in the prediction log."""
     import base64
     import io
     from concurrent.futures import ThreadPoolExecutor
@@ -654,6 +654,7 @@ def test_extraction_endpoint_answers_over_http(tmp_path):
     env = {
         "ATTRFLOW_MODEL_NAME": "values",
         "ATTRFLOW_POLL_SECONDS": "0",  # swaps only on /reload, so the test knows when
+        "ATTRFLOW_LOG_FLUSH_SECONDS": "0.3",
         "BENTOML_HOME": str(tmp_path / "bentoml"),
     }
     with bentoml_serve("serving.extraction:ExtractionService", env, tmp_path / "server.log") as url:
@@ -694,3 +695,13 @@ def test_extraction_endpoint_answers_over_http(tmp_path):
         assert 400 <= broken.status_code < 500 and "image" in broken.json()["error"]
         unknown = httpx.post(f"{url}/extract", json={"title": title, "colour": "red"}, timeout=60)
         assert 400 <= unknown.status_code < 500
+
+    # every answer is in the prediction log (written on shutdown at the latest), the refused ones not
+    from components.inference.prediction_log import read_prediction_log
+
+    logged = read_prediction_log("values")
+    assert len(logged) == 1 + len(titles) + len(set(titles)) + 1
+    first = logged[logged["product_id"] == "p1"].iloc[0]
+    assert first["model_version"] == 1 and first["has_image"] and first["image_width"] == 40
+    assert [(p["attribute"], p["value"], p["published"]) for p in first["predictions"]] == [("brand", "Truvo", True)]
+    assert logged["model_version"].tolist()[-1] == 2
