@@ -76,7 +76,7 @@ def dictionary_row(train: list[SpanRow], test: list[SpanRow], sets: dict) -> dic
 
 
 class SeedEnsemble(torch.nn.Module):
-    """Models of one row trained with different seeds, decoded from their mean tag probabilities
+    """Models trained with different seeds (or configs), decoded from their mean tag probabilities
     (the learned span rules of the first; duck-types ExtractionModel for `extract`)."""
 
     def __init__(self, members: list[ExtractionModel]):
@@ -180,6 +180,13 @@ def run_subset(subset: str, args, tokenizer) -> dict:
             res = tagger_row(SeedEnsemble(members), test_rows, sets)  # type: ignore[arg-type]
             out["rows"][f"{name} x{len(members)} seeds"] = res
             log(f"{subset} {name} x{len(members)} seeds: F1 {res['micro']['f1']:.4f}")
+    # Every trained model together (decoding variants share their row's weights): a row when it is
+    # more than one row's seeds
+    trained = {name: m for name, m in models.items() if not ROWS[name.split("-seed")[0]][1]}
+    if len({name.split("-seed")[0] for name in trained}) > 1:
+        res = tagger_row(SeedEnsemble(list(trained.values())), test_rows, sets)  # type: ignore[arg-type]
+        out["rows"][f"all {len(trained)} trained"] = res
+        log(f"{subset} all {len(trained)} trained ({', '.join(trained)}): F1 {res['micro']['f1']:.4f}")
     return out
 
 
