@@ -314,6 +314,20 @@ def _tiny(**cfg):
     )
 
 
+def test_bench_ensemble_decodes_the_members_mean_tag_probabilities():
+    """bench/extraction.py's SeedEnsemble (the `x3 seeds` and `all N trained` rows): its tag
+    distribution is the members' mean, and one model twice extracts exactly what the model does."""
+    from bench.extraction import SeedEnsemble
+
+    first, second = _tiny(), _tiny()
+    torch.nn.init.normal_(second.tagger.weight, std=1.0)  # a different member
+    texts, cats = ["Acme red shirt", "blue Zorbo bag"], ["Shirts", "Bags"]
+    batch = first.tokenize(texts, cats)
+    mean = (first(batch).tag_logits.softmax(-1) + second(batch).tag_logits.softmax(-1)) / 2
+    assert torch.allclose(SeedEnsemble([first, second])(batch).tag_logits.exp(), mean, atol=1e-6)
+    assert extract(SeedEnsemble([second, second]), texts, cats) == extract(second, texts, cats)
+
+
 def test_labels_tag_spans_and_ignore_unnamed_attributes():
     model = _tiny()
     row = SpanRow("1", "Acme red shirt", "Shirts", {"brand": ["Acme"]}, [Span(0, 4, "brand")])
