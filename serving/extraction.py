@@ -38,7 +38,6 @@ from starlette.responses import JSONResponse
 from components.inference.extraction import ValueExtractor
 from components.inference.inputs import InvalidProduct, Product, decode_image
 from components.inference.prediction_log import PredictionLogWriter, input_summary, log_row
-from components.settings import get_settings
 from serving.auth import BearerAuth
 from serving.batching import NaturalBatcher
 from serving.holder import LoadedModel, ModelHolder, NoModel
@@ -89,13 +88,7 @@ class ExtractionService:
         self.holder.start()  # loads and warms up the model (or logs why not), then polls the registry
         self.batcher = NaturalBatcher(self._extract_batch, SETTINGS.batch_max_size)
         self.limits = SETTINGS.limits()
-        self.writer: PredictionLogWriter | None = None
-        if SETTINGS.log_predictions:
-            self.writer = PredictionLogWriter(
-                get_settings().home / "predictions",
-                flush_seconds=SETTINGS.log_flush_seconds,
-                max_queue_rows=SETTINGS.log_queue_rows,
-            )
+        self.writer: PredictionLogWriter | None = SETTINGS.prediction_log()
 
     def __is_ready__(self) -> bool:
         return self.holder.current is not None

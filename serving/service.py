@@ -72,7 +72,6 @@ from starlette.responses import JSONResponse
 from components.inference.inputs import InvalidProduct, Product, decode_image
 from components.inference.prediction_log import PredictionLogWriter, input_summary, log_row
 from components.memory import keep_freed_memory
-from components.settings import get_settings
 from serving.auth import BearerAuth
 from serving.batching import NaturalBatcher
 from serving.by_id import ByIdResponse, IdPrediction, OnlineScorer
@@ -236,15 +235,10 @@ class AttributeService:
         self.limits = SETTINGS.limits()
         self.metrics = service_metrics()
         self._image_size: tuple[int, int] | None = None  # (width, height) of the model served
-        self.writer: PredictionLogWriter | None = None
-        if SETTINGS.log_predictions:
-            self.writer = PredictionLogWriter(
-                get_settings().home / "predictions",
-                flush_seconds=SETTINGS.log_flush_seconds,
-                max_queue_rows=SETTINGS.log_queue_rows,
-                on_dropped=lambda reason, rows: self.metrics.log_failures.labels(reason).inc(rows),
-                on_written=self.metrics.log_rows.inc,
-            )
+        self.writer: PredictionLogWriter | None = SETTINGS.prediction_log(
+            on_dropped=lambda reason, rows: self.metrics.log_failures.labels(reason).inc(rows),
+            on_written=self.metrics.log_rows.inc,
+        )
 
     async def __is_ready__(self) -> bool:
         """Ready when the scorer has a model loaded and warmed up."""

@@ -87,3 +87,18 @@ class ServingSettings(BaseSettings):
             max_image_bytes=self.max_image_bytes,
             max_image_pixels=self.max_image_pixels,
         )
+
+    def prediction_log(self, on_dropped=None, on_written=None):  # -> PredictionLogWriter | None
+        """The endpoint's prediction log writer (ATTRFLOW_HOME/predictions), None when logging is off."""
+        from components.inference.prediction_log import PredictionLogWriter
+        from components.settings import get_settings
+
+        if not self.log_predictions:
+            return None
+        return PredictionLogWriter(
+            get_settings().home / "predictions",
+            flush_seconds=self.log_flush_seconds,
+            max_queue_rows=self.log_queue_rows,
+            on_dropped=on_dropped,
+            on_written=on_written,
+        )
