@@ -18,6 +18,7 @@ from components.catalog.spans import (
     spans_from_attributes,
     surface_forms,
     trim_separators,
+    value_of,
     word_aligned_attributes,
 )
 from components.catalog.value_benchmarks import read_value_benchmark
@@ -96,6 +97,23 @@ def test_widen_labels_the_whole_token_and_learns_its_value():
     assert list(problems) == ["Color"]  # "9" is too small a share of "409" to widen to it
     row = SpanRow("1", text, "Caps", values, spans)
     assert surface_forms([row]) == {"Pattern": {"letters": "Letter"}}
+
+
+def test_learned_casing_reports_the_annotators_form_where_the_title_writes_it():
+    # Annotators copy a value from one of its occurrences; the tagger may find another casing.
+    rows = [
+        SpanRow("1", "Women Swimsuit", "Swim", {"gender": ["Women"]}, [Span(0, 5, "gender")]),
+        SpanRow(
+            "2", "women shirt Women's", "Tops", {"gender": ["Women"]}, [Span(0, 5, "gender"), Span(12, 17, "gender")]
+        ),
+        SpanRow("3", "steel gas stove", "Stoves", {"fuel": ["gas"]}, [Span(6, 9, "fuel")]),
+    ]
+    forms = surface_forms(rows)
+    assert forms == {"gender": {"women": "Women"}}  # "gas" is labelled as written: nothing to learn
+    title = "bikinis women swimwear Women's Swimsuits"
+    assert value_of(title, 8, 13, forms["gender"]) == "Women"  # the title writes "Women" too
+    assert value_of("bikinis women swimwear", 8, 13, forms["gender"]) == "women"  # only as found
+    assert value_of("Portable gas stove", 9, 12, {}) == "gas"
 
 
 def test_learned_word_alignment_snaps_and_trims_spans():

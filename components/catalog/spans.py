@@ -117,19 +117,36 @@ def locate_values(
 
 
 def surface_forms(rows: list[SpanRow]) -> dict[str, dict[str, str]]:
-    """Per attribute, the labelled value of each widened span's text, lower-cased ("letters" ->
-    "Letter"), the most frequent where several: how a tagger's span is turned back into the value."""
+    """Per attribute, what a span's text (lower-cased) stands for, learned from the training
+    spans: the labelled value most often found there, kept where it is not the lower-cased text
+    itself. Two kinds: the value inside a widened token ("letters" -> "Letter"), and the casing the
+    annotators write a value in ("women" -> "Women"; see `value_of`)."""
     counts: dict[tuple[str, str], Counter[str]] = {}
     for r in rows:
         for s in r.spans:
-            surface, vals = s.text(r.text).lower(), r.values.get(s.attribute, [])
-            inside = [v for v in vals if v.strip().lower() in surface]
-            if inside and surface not in {v.strip().lower() for v in vals}:
-                counts.setdefault((s.attribute, surface), Counter())[inside[0].strip()] += 1
+            surface, vals = s.text(r.text).lower(), [v.strip() for v in r.values.get(s.attribute, [])]
+            exact = [v for v in vals if v.lower() == surface]
+            inside = exact or [v for v in vals if v and v.lower() in surface]
+            if inside:
+                counts.setdefault((s.attribute, surface), Counter())[inside[0]] += 1
     out: dict[str, dict[str, str]] = {}
     for (attr, surface), c in sorted(counts.items()):
-        out.setdefault(attr, {})[surface] = c.most_common(1)[0][0]
+        form = c.most_common(1)[0][0]
+        if form != surface:
+            out.setdefault(attr, {})[surface] = form
     return out
+
+
+def value_of(text: str, start: int, end: int, forms: dict[str, str]) -> str:
+    """The value a decoded span stands for, given its attribute's learned `forms` (surface_forms):
+    the value inside a widened token; the annotators' casing of the span's text where the text
+    writes it that way too (they copy a value from one of its occurrences: a title with "women"
+    and "Women" is labelled "Women" whichever the tagger found); else the span's own text."""
+    span = text[start:end]
+    form = forms.get(span.lower())
+    if form is None or (form.lower() == span.lower() and form not in text):
+        return span
+    return form
 
 
 def spans_from_attributes(

@@ -16,7 +16,7 @@ import numpy as np
 import torch
 
 from components.catalog.dataset import Dataset
-from components.catalog.spans import snap_to_words, trim_separators
+from components.catalog.spans import snap_to_words, trim_separators, value_of
 from components.features.cache import cached_encodings
 from components.models.bio import decode_spans
 from components.models.encoders import ImageEncoder, TextEncoder
@@ -29,7 +29,7 @@ class ExtractedSpan:
     start: int  # character offsets into the text
     end: int
     text: str  # the text at those offsets
-    value: str  # the value it stands for: `text`, or a known full form (the model's surface_forms)
+    value: str  # the value it stands for: `text`, or a learned form of it (catalog.spans.value_of)
     score: float  # mean of 1 - p(O) over the span's tokens
 
 
@@ -79,7 +79,7 @@ def extract(
                 if attr in model.word_aligned:
                     s, e = snap_to_words(text, s, e, model.word_aligned[attr])
                 s, e = trim_separators(text, s, e)
-                value = model.surface_forms.get(attr, {}).get(text[s:e].lower(), text[s:e])
+                value = value_of(text, s, e, model.surface_forms.get(attr, {}))
                 spans.append(ExtractedSpan(attr, s, e, text[s:e], value, score))
             out.append(spans)
     return out
