@@ -33,7 +33,7 @@ from components.evaluation.extraction_metrics import extraction_report  # noqa: 
 from components.models.dictionary import ValueDictionary  # noqa: E402
 from components.models.encoders import TextEncoder, TextEncoderConfig  # noqa: E402
 from components.models.io import load_meta, load_model, save_model  # noqa: E402
-from components.models.tagger import ExtractionConfig, ExtractionModel, ExtractionOutput, token_edges  # noqa: E402
+from components.models.tagger import ExtractionConfig, ExtractionEnsemble, ExtractionModel, token_edges  # noqa: E402
 from components.training.extraction import (  # noqa: E402
     ExtractionTrainConfig,
     ExtractionTrainingConfig,
@@ -73,29 +73,6 @@ def dictionary_row(train: list[SpanRow], test: list[SpanRow], sets: dict) -> dic
         conf.append({a: 1.0 for a in found})  # no score: every value at the same confidence
         spans.append([(a, s, e) for a, (s, e) in found.items()])
     return {**extraction_report(test, preds, conf, spans), "seconds": time.time() - t0}
-
-
-class SeedEnsemble(torch.nn.Module):
-    """Models trained with different seeds (or configs), decoded from their mean tag probabilities
-    (the learned span rules of the first; duck-types ExtractionModel for `extract`)."""
-
-    def __init__(self, members: list[ExtractionModel]):
-        super().__init__()
-        self.members = torch.nn.ModuleList(members)
-        first = members[0]
-        self.config, self.attributes, self.image_encoder = first.config, first.attributes, None
-        self.surface_forms, self.word_aligned = first.surface_forms, first.word_aligned
-
-    def tokenize(self, texts, categories):
-        return self.members[0].tokenize(texts, categories)
-
-    def transitions(self):
-        return None
-
-    def forward(self, batch) -> ExtractionOutput:
-        outs = [m(batch) for m in self.members]
-        mean = torch.stack([o.tag_logits.softmax(-1) for o in outs]).mean(0)
-        return ExtractionOutput(mean.clamp_min(1e-12).log(), outs[0].title_mask, None)
 
 
 def tagger_row(model: ExtractionModel, test: list[SpanRow], sets: dict) -> dict:
@@ -177,14 +154,14 @@ def run_subset(subset: str, args, tokenizer) -> dict:
     if len(args.seeds) > 1:  # each learned row's seeds together: mean tag probabilities
         for name in [n for n in args.ensemble_rows if n in models]:
             members = [models[name]] + [models[f"{name}-seed{sd}"] for sd in args.seeds[1:]]
-            res = tagger_row(SeedEnsemble(members), test_rows, sets)  # type: ignore[arg-type]
+            res = tagger_row(ExtractionEnsemble(members), test_rows, sets)
             out["rows"][f"{name} x{len(members)} seeds"] = res
             log(f"{subset} {name} x{len(members)} seeds: F1 {res['micro']['f1']:.4f}")
     # Every trained model together (decoding variants share their row's weights): a row when it is
     # more than one row's seeds
     trained = {name: m for name, m in models.items() if not ROWS[name.split("-seed")[0]][1]}
     if len({name.split("-seed")[0] for name in trained}) > 1:
-        res = tagger_row(SeedEnsemble(list(trained.values())), test_rows, sets)  # type: ignore[arg-type]
+        res = tagger_row(ExtractionEnsemble(list(trained.values())), test_rows, sets)
         out["rows"][f"all {len(trained)} trained"] = res
         log(f"{subset} all {len(trained)} trained ({', '.join(trained)}): F1 {res['micro']['f1']:.4f}")
     return out

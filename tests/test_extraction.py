@@ -23,12 +23,12 @@ from components.catalog.spans import (
 )
 from components.catalog.value_benchmarks import read_value_benchmark
 from components.evaluation.extraction_metrics import outcome, span_scores, value_r_at_p, value_scores
-from components.inference.extraction import best_values, extract
+from components.inference.extraction import best_values, extract, extract_values
 from components.models.bio import B, I, O, decode_spans, spans_from_tags, viterbi, viterbi_one_span
 from components.models.dictionary import ValueDictionary
-from components.models.io import load_model, save_model
+from components.models.io import load_model, model_task, save_extraction_ensemble, save_model
 from components.models.model import create_model
-from components.models.tagger import IGNORE, ExtractionConfig, consistency_kl
+from components.models.tagger import IGNORE, ExtractionConfig, ExtractionEnsemble, consistency_kl
 from components.training.extraction import ExtractionTrainConfig, ExtractionTrainingConfig, train_extractor
 
 TINY_TEXT = {"name": "tiny-random", "max_length": 32}
@@ -218,7 +218,7 @@ def test_value_catalog_ingests_through_a_spec_and_trains_with_the_cli(tmp_path):
         (Path(__file__).resolve().parents[1] / "configs" / "models" / "extraction_text.yaml").read_text()
     )
     shipped["model"].update(text=TINY_TEXT)
-    shipped["training"].update(epochs=8, batch_size=16, lr_head=1e-2, lr_text=1e-3)
+    shipped["training"].update(epochs=8, batch_size=16, lr_head=1e-2, lr_text=1e-3, seeds=None)
     config = tmp_path / "extraction.yaml"
     config.write_text(yaml.safe_dump(shipped))
     runner = CliRunner()
@@ -232,6 +232,25 @@ def test_value_catalog_ingests_through_a_spec_and_trains_with_the_cli(tmp_path):
     assert evaluated.exit_code == 0, evaluated.output
     report = json.loads(evaluated.output.strip().splitlines()[-1])
     assert set(report["per_attribute"]) == {"Brand", "Color", "Length"} and report["micro"]["f1"] > 0.6
+
+    # training.seeds: one model per seed, each trained as alone, saved and served as their ensemble
+    shipped["training"]["seeds"] = [0, 1]
+    config.write_text(yaml.safe_dump(shipped))
+    ens_dir = tmp_path / "ensemble"
+    trained = runner.invoke(
+        app, ["train", str(config), "--dataset", str(result.dataset_dir), "--out", str(ens_dir), "--json"]
+    )
+    assert trained.exit_code == 0, trained.output
+    ensemble = load_model(ens_dir)
+    assert isinstance(ensemble, ExtractionEnsemble) and len(ensemble.members) == 2
+    alone = load_model(out).state_dict()
+    assert all(torch.allclose(v, alone[k]) for k, v in load_model(ens_dir / "members" / "seed0").state_dict().items())
+    assert set(json.loads((ens_dir / "thresholds.json").read_text())) == {"Brand", "Color", "Length"}
+    evaluated = runner.invoke(app, ["evaluate", str(ens_dir), "--dataset", str(result.dataset_dir), "--json"])
+    assert evaluated.exit_code == 0, evaluated.output
+    assert json.loads(evaluated.output.strip().splitlines()[-1])["micro"]["f1"] > 0.6
+    found = extract_values(ens_dir, ["Zeta Lure blue 41mm"], category="Lure")[0]
+    assert {v["attribute"]: v["value"] for v in found}.get("Length") == "41mm"
 
 
 # -- metrics -------------------------------------------------------------------------------------
@@ -332,18 +351,35 @@ def _tiny(**cfg):
     )
 
 
-def test_bench_ensemble_decodes_the_members_mean_tag_probabilities():
-    """bench/extraction.py's SeedEnsemble (the `x3 seeds` and `all N trained` rows): its tag
-    distribution is the members' mean, and one model twice extracts exactly what the model does."""
-    from bench.extraction import SeedEnsemble
-
-    first, second = _tiny(), _tiny()
+def test_ensemble_decodes_the_members_mean_probabilities_and_round_trips(tmp_path):
+    """ExtractionEnsemble (`training.seeds`; the bench's `x3 seeds` and `all N trained` rows): its
+    tag and attribute distributions are the members' means, one model twice extracts exactly what
+    the model does, and its folder loads back as the same ensemble."""
+    first, second = _tiny(attribute_head=True), _tiny(attribute_head=True)
     torch.nn.init.normal_(second.tagger.weight, std=1.0)  # a different member
+    torch.nn.init.normal_(second.attribute_head.weight, std=1.0)
     texts, cats = ["Acme red shirt", "blue Zorbo bag"], ["Shirts", "Bags"]
     batch = first.tokenize(texts, cats)
-    mean = (first(batch).tag_logits.softmax(-1) + second(batch).tag_logits.softmax(-1)) / 2
-    assert torch.allclose(SeedEnsemble([first, second])(batch).tag_logits.exp(), mean, atol=1e-6)
-    assert extract(SeedEnsemble([second, second]), texts, cats) == extract(second, texts, cats)
+    a, b, ens = first(batch), second(batch), ExtractionEnsemble([first, second])
+    out = ens(batch)
+    assert torch.allclose(out.tag_logits.exp(), (a.tag_logits.softmax(-1) + b.tag_logits.softmax(-1)) / 2, atol=1e-6)
+    head_mean = (a.attribute_logits.sigmoid() + b.attribute_logits.sigmoid()) / 2
+    assert torch.allclose(out.attribute_logits.sigmoid(), head_mean, atol=1e-5)
+    plain = _tiny()
+    torch.nn.init.normal_(plain.tagger.weight, std=1.0)
+    assert extract(ExtractionEnsemble([plain, plain]), texts, cats) == extract(plain, texts, cats)
+    loaded = load_model(save_extraction_ensemble(ens, tmp_path / "e", ["seed0", "seed1"]))
+    assert isinstance(loaded, ExtractionEnsemble) and model_task(tmp_path / "e") == "extraction"
+    assert torch.allclose(loaded(batch).tag_logits, out.tag_logits, atol=1e-6)
+    with pytest.raises(ValueError, match="same attributes"):
+        ExtractionEnsemble(
+            [
+                first,
+                create_model(
+                    {"task": "extraction", "text": TINY_TEXT}, {"attributes": {"kind": "span", "values": ["size"]}}
+                ),
+            ]
+        )
 
 
 def test_labels_tag_spans_and_ignore_unnamed_attributes():

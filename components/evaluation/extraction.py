@@ -14,10 +14,10 @@ from components.evaluation.extraction_metrics import OUTCOMES, extraction_report
 from components.evaluation.metrics import r_at_p
 from components.inference.extraction import best_values, dataset_features, extract, split_features
 from components.models.io import load_meta, load_model
-from components.models.tagger import ExtractionModel
+from components.models.tagger import ExtractionEnsemble, ExtractionModel, Extractor
 
 
-def score_rows(model: ExtractionModel, rows: list[SpanRow], features=None, allowed=None) -> dict[str, Any]:
+def score_rows(model: Extractor, rows: list[SpanRow], features=None, allowed=None) -> dict[str, Any]:
     """The model's best value per attribute on `rows`, with scores and the benchmarks' report
     (`allowed`: per category, the attributes decoded; see `extract`)."""
     found = extract(model, [r.text for r in rows], [r.category for r in rows], allowed, features=features)
@@ -34,7 +34,7 @@ def score_rows(model: ExtractionModel, rows: list[SpanRow], features=None, allow
 
 def _scored_split(model_dir: str | Path, dataset: Dataset, split: str) -> tuple[list[SpanRow], dict[str, Any]]:
     model = load_model(model_dir)
-    if not isinstance(model, ExtractionModel):
+    if not isinstance(model, ExtractionModel | ExtractionEnsemble):
         raise ValueError(f"{model_dir} is not an extraction model")
     attributes = load_meta(model_dir).get("attributes") or model.attributes
     rows = dataset_rows(dataset.split(split), attributes, model.token_edges)

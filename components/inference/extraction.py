@@ -20,7 +20,7 @@ from components.catalog.spans import snap_to_words, trim_separators, value_of
 from components.features.cache import cached_encodings
 from components.models.bio import decode_spans
 from components.models.encoders import ImageEncoder, TextEncoder
-from components.models.tagger import ExtractionConfig, ExtractionModel, cached_inputs
+from components.models.tagger import ExtractionConfig, ExtractionEnsemble, ExtractionModel, Extractor, cached_inputs
 
 
 @dataclass(frozen=True)
@@ -35,7 +35,7 @@ class ExtractedSpan:
 
 @torch.no_grad()
 def extract(
-    model: ExtractionModel,
+    model: Extractor,
     texts: Sequence[str],
     categories: Sequence[str],
     allowed: Mapping[str, Sequence[str]] | None = None,
@@ -103,7 +103,7 @@ class ValueExtractor:
         from components.models.io import THRESHOLDS, load_model
 
         model = load_model(model_dir)
-        if not isinstance(model, ExtractionModel):
+        if not isinstance(model, ExtractionModel | ExtractionEnsemble):
             raise ValueError(f"{model_dir} is not an extraction model")
         self.model = model
         path = Path(model_dir) / THRESHOLDS

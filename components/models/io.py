@@ -3,8 +3,9 @@
     save_model(model, out_dir, thresholds)     # model.safetensors, config.json, vocab.json, thresholds.json
     load_model(out_dir)                         # AttributeModel, or EnsembleModel for an ensemble folder
 
-An ensemble folder (written by components.evaluation.ensemble_selection.combine_models) holds
-its members as ordinary model folders under `members/<name>/` and their weights in config.json.
+An ensemble folder (written by components.evaluation.ensemble_selection.combine_models, or by
+`save_extraction_ensemble`) holds its members as ordinary model folders under `members/<name>/`
+and their names (and weights) in config.json.
 This module sits above both `model.py` and `ensemble.py`, so neither imports the other's loader.
 """
 
@@ -19,7 +20,7 @@ from safetensors.torch import load_file, save_file
 from components.models.ensemble import EnsembleModel
 from components.models.model import AttributeModel, Vocab, create_model
 from components.models.stacking import SIDES, StackedModel
-from components.models.tagger import ExtractionModel
+from components.models.tagger import ExtractionEnsemble, ExtractionModel
 
 WEIGHTS, CONFIG, VOCAB, THRESHOLDS = "model.safetensors", "config.json", "vocab.json", "thresholds.json"
 MEMBERS = "members"  # an ensemble's (or stacked model's) member folders
@@ -61,11 +62,14 @@ def save_model(
 
 def load_model(model_dir: str | Path, device: str | torch.device = "cpu") -> AttributeModel | ExtractionModel:
     """A saved model folder -> its model in eval mode (an `EnsembleModel` for an ensemble folder,
-    which predicts like an `AttributeModel`)."""
+    which predicts like an `AttributeModel`; an `ExtractionEnsemble` for one of extraction models)."""
     model_dir = Path(model_dir)
     if not (model_dir / CONFIG).is_file():
         raise FileNotFoundError(f"{model_dir} is not a saved attrflow model (no {CONFIG})")
     meta = json.loads((model_dir / CONFIG).read_text())
+    if "ensemble" in meta and _task(meta) == "extraction":
+        members = [load_model(model_dir / MEMBERS / n, device) for n in meta["ensemble"]["members"]]
+        return ExtractionEnsemble(members).to(device).eval()  # type: ignore[arg-type,return-value]
     if "ensemble" in meta:
         return load_ensemble(model_dir, meta, device)  # type: ignore[return-value]
     if "stacked" in meta:
@@ -87,6 +91,25 @@ def load_model(model_dir: str | Path, device: str | torch.device = "cpu") -> Att
         model.surface_forms = meta.get("surface_forms", {})
         model.word_aligned = meta.get("word_aligned", {})
     return model.to(device).eval()
+
+
+def save_extraction_ensemble(
+    model: ExtractionEnsemble, out_dir: Path, names: list[str], extra: dict | None = None
+) -> Path:
+    """An extraction ensemble's folder: each member saved under `members/<name>/`, config.json
+    naming them (with the first member's model config, which says the folder's task)."""
+    out_dir = Path(out_dir)
+    for name, member in zip(names, model.members, strict=True):
+        save_model(member, out_dir / MEMBERS / name)  # type: ignore[arg-type]
+    meta = {
+        "model": model.config.model_dump(mode="json"),
+        "ensemble": {"members": names},
+        "includes_encoders": True,
+        **(extra or {}),
+    }
+    (out_dir / CONFIG).write_text(json.dumps(meta, indent=1))
+    (out_dir / VOCAB).write_text(json.dumps({k: v.model_dump() for k, v in model.vocab.items()}, indent=1))
+    return out_dir
 
 
 def load_ensemble(model_dir: Path, meta: dict, device: str | torch.device = "cpu") -> EnsembleModel:
@@ -123,5 +146,8 @@ def load_meta(model_dir: str | Path) -> dict:
 
 def model_task(model_dir: str | Path) -> str:
     """ "classification" (attribute classifiers, ensembles, stacked models) or "extraction"."""
-    meta = load_meta(model_dir)
+    return _task(load_meta(model_dir))
+
+
+def _task(meta: dict) -> str:
     return (meta.get("model") or {}).get("task", "classification")

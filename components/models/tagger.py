@@ -268,6 +268,51 @@ class ExtractionModel(nn.Module):
         return total, parts
 
 
+class ExtractionEnsemble(nn.Module):
+    """Extraction models trained alike with different seeds, decoded from their mean tag
+    probabilities (and mean attribute-head probabilities where every member has the head): the
+    seeds make different mistakes, so the mean is better placed and better ranked than any one
+    (docs/results.md, value extraction items 9-11). Predicts like an `ExtractionModel`; the
+    learned decoding rules (surface forms, word alignment) are the first member's, as all
+    members learned them from the same rows."""
+
+    def __init__(self, members: list[ExtractionModel]):
+        super().__init__()
+        if not members:
+            raise ValueError("an extraction ensemble needs at least one member")
+        first = members[0]
+        for m in members[1:]:
+            if m.attributes != first.attributes or m.config.text != first.config.text:
+                raise ValueError("extraction ensemble members must tag the same attributes with the same text encoder")
+        self.members = nn.ModuleList(members)
+        self.config, self.vocab, self.attributes = first.config, first.vocab, first.attributes
+        self.image_encoder, self.text_encoder = first.image_encoder, first.text_encoder
+        self.surface_forms, self.word_aligned = first.surface_forms, first.word_aligned
+
+    def tokenize(self, texts: list[str], categories: list[str]) -> dict[str, torch.Tensor]:
+        return self.members[0].tokenize(texts, categories)
+
+    def token_edges(self, text: str) -> set[int]:
+        return self.members[0].token_edges(text)
+
+    def transitions(self) -> None:
+        return None  # mean probabilities, decoded without one member's CRF transitions
+
+    def forward(self, batch: dict[str, torch.Tensor]) -> ExtractionOutput:
+        outs = [m(batch) for m in self.members]
+        tags = torch.stack([o.tag_logits.softmax(-1) for o in outs]).mean(0).clamp_min(1e-12).log()
+        heads = [o.attribute_logits for o in outs]
+        attr = (
+            torch.stack([h.sigmoid() for h in heads]).mean(0).logit(eps=1e-6)
+            if all(h is not None for h in heads)
+            else None
+        )
+        return ExtractionOutput(tags, outs[0].title_mask, attr)
+
+
+Extractor = ExtractionModel | ExtractionEnsemble  # what extraction predicts, scores and serves with
+
+
 class VisualGates(nn.Module):
     """M-JAVE's gates. Global: h + g * W v (g = sigmoid(W_g [h; W v]) per token and dimension).
     Regional: each token attends to the image's regions (scaled dot product), c = the attended
@@ -360,8 +405,10 @@ __all__ = [
     "I",
     "O",
     "ExtractionConfig",
+    "ExtractionEnsemble",
     "ExtractionModel",
     "ExtractionOutput",
+    "Extractor",
     "VisualGates",
     "cached_inputs",
     "consistency_kl",

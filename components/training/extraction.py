@@ -8,7 +8,8 @@
 `train_extraction` trains on a catalog dataset: its attribute columns' values located in the
 titles (distant labels), frozen encoders' outputs from the embedding cache where the config
 freezes them, per-attribute publishing thresholds fitted on validation (the lowest span score
-that keeps 95% of published values right), all saved in the model folder.
+that keeps 95% of published values right), all saved in the model folder; with
+`training.seeds`, one model per seed saved as their ensemble.
 
 Fine-tunes the text encoder with AdamW (one learning rate for the encoder, another for the
 heads), linear warmup then linear decay, gradient clipping. Batches group titles of similar
@@ -36,7 +37,14 @@ from components.inference.extraction import dataset_features, split_features
 from components.models.encoders import TextEncoder
 from components.models.heads import Vocab
 from components.models.model import create_model
-from components.models.tagger import ATTRIBUTES, ExtractionConfig, ExtractionModel, cached_inputs, token_edges
+from components.models.tagger import (
+    ATTRIBUTES,
+    ExtractionConfig,
+    ExtractionEnsemble,
+    ExtractionModel,
+    cached_inputs,
+    token_edges,
+)
 from components.yaml_files import describe_errors, read_yaml_mapping
 
 
@@ -55,6 +63,9 @@ class ExtractionTrainingConfig(BaseModel):
     # encoders): no backward pass through them, about a third less CPU time per step at 3 of 6.
     freeze_layers: int = Field(0, ge=0)
     seed: int = 0
+    # On a catalog dataset (`attrflow train`): one model per seed, saved as their ensemble (mean
+    # tag probabilities; docs/results.md, value extraction items 9-11); None: one model, `seed`.
+    seeds: list[int] | None = Field(None, min_length=1)
 
 
 class ExtractionTrainConfig(BaseModel):
@@ -197,7 +208,7 @@ def extraction_attributes(config: ExtractionTrainConfig, dataset: Dataset) -> li
 def train_extraction(
     config: ExtractionTrainConfig, dataset: Dataset, out_dir: str | Path, log: Callable[[str], None] | None = None
 ) -> ExtractionResult:
-    from components.models.io import THRESHOLDS, save_model
+    from components.models.io import THRESHOLDS, save_extraction_ensemble, save_model
 
     t0 = time.perf_counter()
     attrs = extraction_attributes(config, dataset)
@@ -210,12 +221,28 @@ def train_extraction(
     rows["train"] = fully_located(rows["train"])
     if not any(r.spans for r in rows["train"]):
         raise ValueError(f"no value of {attrs} is written in any train title of {dataset.name}: nothing to learn")
-    model = train_extractor(config, rows["train"], attrs, log, split_features(features, dataset, "train"))
+    train_features = split_features(features, dataset, "train")
+    seeds = config.training.seeds or [config.training.seed]
+    members = [
+        train_extractor(
+            config.model_copy(update={"training": config.training.model_copy(update={"seed": seed})}),
+            rows["train"],
+            attrs,
+            (lambda m, seed=seed: log(f"seed {seed} {m}")) if log and len(seeds) > 1 else log,
+            train_features,
+        )
+        for seed in seeds
+    ]
+    model = members[0] if len(members) == 1 else ExtractionEnsemble(members)
     val = score_rows(model, rows["validation"], split_features(features, dataset, "validation"))
     expected = [r.values for r in rows["validation"]]
     thresholds = value_thresholds(expected, val["predicted"], val["confidence"], config.target_precision)
     seconds = time.perf_counter() - t0
-    out = save_model(model, Path(out_dir), extra={"train_seconds": seconds, "attributes": attrs})
+    extra = {"train_seconds": seconds, "attributes": attrs}
+    if isinstance(model, ExtractionEnsemble):
+        out = save_extraction_ensemble(model, Path(out_dir), [f"seed{seed}" for seed in seeds], extra)
+    else:
+        out = save_model(model, Path(out_dir), extra=extra)
     (out / THRESHOLDS).write_text(json.dumps(thresholds, indent=1))
     (out / "validation.json").write_text(json.dumps(val["report"], indent=1))
     return ExtractionResult(out, val["report"], thresholds, seconds)
