@@ -36,6 +36,13 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
+def first_worker_port(node: int, cluster_port: int) -> int:
+    """The first of a node's 100 worker ports: below Linux's ephemeral range (32768 and up), where
+    `free_port` never lands (a worker range inside it collided with a node's other ports), distinct
+    per node and, by the cluster's own port, per cluster."""
+    return 10000 + node * 4000 + cluster_port % 40 * 100
+
+
 def _ports(first_worker_port: int) -> list[str]:
     """Every port a node opens, distinct per node: two nodes share one machine."""
     return [
@@ -54,6 +61,8 @@ class LocalCluster:
     """`ray start --head` and `ray start --address` as process groups of this test."""
 
     def __init__(self, nodes: int = 2, cpus_per_node: int = 1) -> None:
+        if not 1 <= nodes <= 5:
+            raise ValueError("a local cluster has 1 to 5 nodes (their worker ports stay below 32768)")
         self.nodes, self.cpus_per_node = nodes, cpus_per_node
         self.root = Path(tempfile.mkdtemp(prefix="afray"))  # short: Ray's unix sockets live under it
         self.port = free_port()
@@ -82,7 +91,7 @@ class LocalCluster:
                 "--ray-client-server-port", str(free_port()),
                 "--include-dashboard", "false",
                 "--temp-dir", str(self.root / "head"),
-                *_ports(21000 + self.port % 1000 * 10),
+                *_ports(first_worker_port(0, self.port)),
             ],
         )  # fmt: skip
         self._wait_for(1, timeout)
@@ -93,7 +102,7 @@ class LocalCluster:
                     "--address", self.address,
                     "--node-ip-address", "127.0.0.1",
                     "--temp-dir", str(self.root / f"worker{n}"),
-                    *_ports(31000 + n * 10000 + self.port % 1000 * 10),
+                    *_ports(first_worker_port(n, self.port)),
                 ],
             )  # fmt: skip
         return self._wait_for(self.nodes, timeout)
