@@ -33,7 +33,7 @@ from components.evaluation.extraction_metrics import extraction_report  # noqa: 
 from components.models.dictionary import ValueDictionary  # noqa: E402
 from components.models.encoders import TextEncoder, TextEncoderConfig  # noqa: E402
 from components.models.io import load_meta, load_model, save_model  # noqa: E402
-from components.models.tagger import ExtractionConfig, ExtractionEnsemble, ExtractionModel, token_edges  # noqa: E402
+from components.models.tagger import ExtractionConfig, ExtractionEnsemble, ExtractionModel, Extractor, token_edges  # noqa: E402
 from components.training.extraction import (  # noqa: E402
     ExtractionTrainConfig,
     ExtractionTrainingConfig,
@@ -75,7 +75,7 @@ def dictionary_row(train: list[SpanRow], test: list[SpanRow], sets: dict) -> dic
     return {**extraction_report(test, preds, conf, spans), "seconds": time.time() - t0}
 
 
-def tagger_row(model: ExtractionModel, test: list[SpanRow], sets: dict) -> dict:
+def tagger_row(model: Extractor, test: list[SpanRow], sets: dict) -> dict:
     t0 = time.time()
     return {**score_rows(model, test, allowed=sets)["report"], "predict_seconds": time.time() - t0}
 

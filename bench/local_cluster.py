@@ -43,7 +43,7 @@ def first_worker_port(node: int, cluster_port: int) -> int:
     return 10000 + node * 4000 + cluster_port % 40 * 100
 
 
-def _ports(first_worker_port: int) -> list[str]:
+def _ports(first_worker: int) -> list[str]:
     """Every port a node opens, distinct per node: two nodes share one machine."""
     return [
         "--node-manager-port", str(free_port()),
@@ -52,8 +52,8 @@ def _ports(first_worker_port: int) -> list[str]:
         "--dashboard-agent-grpc-port", str(free_port()),
         "--runtime-env-agent-port", str(free_port()),
         "--metrics-export-port", str(free_port()),
-        "--min-worker-port", str(first_worker_port),
-        "--max-worker-port", str(first_worker_port + 99),
+        "--min-worker-port", str(first_worker),
+        "--max-worker-port", str(first_worker + 99),
     ]  # fmt: skip
 
 

@@ -12,9 +12,13 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from pydantic import Field, SecretStr
 from pydantic_settings import BaseSettings, SettingsConfigDict
+
+if TYPE_CHECKING:
+    from components.inference.prediction_log import PredictionLogWriter
 
 
 def available_cores() -> int:
@@ -88,7 +92,7 @@ class ServingSettings(BaseSettings):
             max_image_pixels=self.max_image_pixels,
         )
 
-    def prediction_log(self, on_dropped=None, on_written=None):  # -> PredictionLogWriter | None
+    def prediction_log(self, on_dropped=None, on_written=None) -> PredictionLogWriter | None:
         """The endpoint's prediction log writer (ATTRFLOW_HOME/predictions), None when logging is off."""
         from components.inference.prediction_log import PredictionLogWriter
         from components.settings import get_settings

@@ -14,7 +14,7 @@ from components.evaluation.extraction_metrics import OUTCOMES, extraction_report
 from components.evaluation.metrics import r_at_p
 from components.inference.extraction import best_values, dataset_features, extract, split_features
 from components.models.io import load_meta, load_model
-from components.models.tagger import ExtractionEnsemble, ExtractionModel, Extractor
+from components.models.tagger import Extractor
 
 
 def score_rows(model: Extractor, rows: list[SpanRow], features=None, allowed=None) -> dict[str, Any]:
@@ -34,7 +34,7 @@ def score_rows(model: Extractor, rows: list[SpanRow], features=None, allowed=Non
 
 def _scored_split(model_dir: str | Path, dataset: Dataset, split: str) -> tuple[list[SpanRow], dict[str, Any]]:
     model = load_model(model_dir)
-    if not isinstance(model, ExtractionModel | ExtractionEnsemble):
+    if not isinstance(model, Extractor):
         raise ValueError(f"{model_dir} is not an extraction model")
     attributes = load_meta(model_dir).get("attributes") or model.attributes
     rows = dataset_rows(dataset.split(split), attributes, model.token_edges)

@@ -20,7 +20,7 @@ from components.catalog.spans import snap_to_words, trim_separators, value_of
 from components.features.cache import cached_encodings
 from components.models.bio import decode_spans
 from components.models.encoders import ImageEncoder, TextEncoder
-from components.models.tagger import ExtractionConfig, ExtractionEnsemble, ExtractionModel, Extractor, cached_inputs
+from components.models.tagger import ExtractionConfig, Extractor, cached_inputs
 
 
 @dataclass(frozen=True)
@@ -103,7 +103,7 @@ class ValueExtractor:
         from components.models.io import THRESHOLDS, load_model
 
         model = load_model(model_dir)
-        if not isinstance(model, ExtractionModel | ExtractionEnsemble):
+        if not isinstance(model, Extractor):
             raise ValueError(f"{model_dir} is not an extraction model")
         self.model = model
         path = Path(model_dir) / THRESHOLDS

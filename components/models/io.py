@@ -54,7 +54,7 @@ def save_model(
         meta["surface_forms"] = model.surface_forms
         meta["word_aligned"] = model.word_aligned
     (out_dir / CONFIG).write_text(json.dumps(meta, indent=1))
-    (out_dir / VOCAB).write_text(json.dumps({k: v.model_dump() for k, v in model.vocab.items()}, indent=1))
+    _write_vocab(model.vocab, out_dir)
     if thresholds is not None:
         (out_dir / THRESHOLDS).write_text(json.dumps(thresholds, indent=1))
     return out_dir
@@ -108,8 +108,12 @@ def save_extraction_ensemble(
         **(extra or {}),
     }
     (out_dir / CONFIG).write_text(json.dumps(meta, indent=1))
-    (out_dir / VOCAB).write_text(json.dumps({k: v.model_dump() for k, v in model.vocab.items()}, indent=1))
+    _write_vocab(model.vocab, out_dir)
     return out_dir
+
+
+def _write_vocab(vocab: dict[str, Vocab], out_dir: Path) -> None:
+    (out_dir / VOCAB).write_text(json.dumps({k: v.model_dump() for k, v in vocab.items()}, indent=1))
 
 
 def load_ensemble(model_dir: Path, meta: dict, device: str | torch.device = "cpu") -> EnsembleModel:
